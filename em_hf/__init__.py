@@ -25,10 +25,14 @@ _EXPORTS = {
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
-if TYPE_CHECKING:
-    from em_hf.generation import AdaptiveTemperatureLogitsWarper, EntropyMinLogitsProcessor, TokenEntropyRecorder
-    from em_hf.models import load_default_model, load_model
-    from em_hf.ops import entropy_grad, token_entropy
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loaded on first access
+    from em_hf.generation import (  # noqa: F401
+        AdaptiveTemperatureLogitsWarper,
+        EntropyMinLogitsProcessor,
+        TokenEntropyRecorder,
+    )
+    from em_hf.models import load_default_model, load_model  # noqa: F401
+    from em_hf.ops import entropy_grad, token_entropy  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -39,8 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load a model (default: the embedded SmolLM2-135M-Instruct) and compare decoding methods "
         "on the package's arithmetic benchmark; prints a markdown table.",
     )
-    demo.add_argument("--model", default="default", help="'default' or a model id/folder (default: %(default)s)")
-    demo.add_argument("--load-in-8bit", action="store_true", help="quantize the model to 8-bit (bitsandbytes)")
+    demo.add_argument(
+        "--model", default="default", help="'default' or a model id/folder (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--load-in-8bit", action="store_true", help="quantize the model to 8-bit (bitsandbytes)"
+    )
     demo.add_argument(
         "--methods",
         type=_method,
@@ -50,11 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         "t= is the sampling temperature, other keys go to the method's processor, e.g. "
         "--methods sample em-inf:t=0.1,n_steps=5 (default: %(default)s)",
     )
-    demo.add_argument("--items", type=_positive_int, default=60, help="arithmetic problems (default: %(default)s)")
-    demo.add_argument("--seeds", type=_positive_int, default=3, help="seeds per sampled method (default: %(default)s)")
+    demo.add_argument(
+        "--items", type=_positive_int, default=60, help="arithmetic problems (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--seeds", type=_positive_int, default=3, help="seeds per sampled method (default: %(default)s)"
+    )
     demo.add_argument("--max-new-tokens", type=_positive_int, default=32, help="(default: %(default)s)")
     demo.add_argument("--batch-size", type=_positive_int, default=50, help="(default: %(default)s)")
-    demo.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    demo.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)"
+    )
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 

@@ -57,11 +57,19 @@ def run_demo(
         accuracies, entropies, lengths, seconds = [], [], [], 0.0
         for seed in method_seeds:
             completions, elapsed = generate_completions(
-                model, tokenizer, prompts, method, max_new_tokens=max_new_tokens,
-                batch_size=batch_size, seed=seed, progress=progress,
+                model,
+                tokenizer,
+                prompts,
+                method,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                seed=seed,
+                progress=progress,
             )
             seconds += elapsed
-            correct = [grade_last_integer(c.text, p.answer) for c, p in zip(completions, problems, strict=True)]
+            correct = [
+                grade_last_integer(c.text, p.answer) for c, p in zip(completions, problems, strict=True)
+            ]
             accuracies.append(sum(correct) / len(correct))
             entropies.extend(c.mean_entropy for c in completions)
             lengths.extend(c.num_tokens for c in completions)
@@ -89,7 +97,8 @@ def format_table(summaries: Sequence[MethodSummary]) -> str:
     ]
     for s in summaries:
         lines.append(
-            f"| {s.method} | {100 * s.accuracy:.1f}% ± {100 * s.accuracy_std:.1f} | {s.n_items} x {s.n_seeds} "
-            f"| {s.mean_entropy:.3f} | {s.mean_tokens:.1f} | {s.tokens_per_s:.1f} |"
+            f"| {s.method} | {100 * s.accuracy:.1f}% ± {100 * s.accuracy_std:.1f} "
+            f"| {s.n_items} x {s.n_seeds} | {s.mean_entropy:.3f} "
+            f"| {s.mean_tokens:.1f} | {s.tokens_per_s:.1f} |"
         )
     return "\n".join(lines)

@@ -59,7 +59,9 @@ def _build_default_model_cache(cache_dir: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
         # The weights are dequantized to float32 on load; drop the GGUF marker so that they are
         # saved (and later loaded) as the plain checkpoint they now are.
         model.hf_quantizer = None
@@ -139,8 +141,11 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if str(name_or_path) == "default":
-        return load_default_model(dtype=torch.float32 if dtype == "auto" else dtype,
-                                  device_map=device_map, load_in_8bit=load_in_8bit)
+        return load_default_model(
+            dtype=torch.float32 if dtype == "auto" else dtype,
+            device_map=device_map,
+            load_in_8bit=load_in_8bit,
+        )
     if load_in_8bit:
         if "quantization_config" in from_pretrained_kwargs:
             raise ValueError("Pass either `load_in_8bit=True` or `quantization_config`, not both.")

@@ -72,7 +72,9 @@ def make_arithmetic_problems(
         expression = str(operands[0]) + "".join(f" {op} {x}" for op, x in zip(ops, operands[1:], strict=True))
         # The expression uses only + - * on integers: evaluate it without eval().
         answer = _evaluate(operands, ops)
-        problems.append(ArithmeticProblem(id=f"arith-{seed}-{i}", question=f"Compute {expression}.", answer=answer))
+        problems.append(
+            ArithmeticProblem(id=f"arith-{seed}-{i}", question=f"Compute {expression}.", answer=answer)
+        )
     return problems
 
 

@@ -49,7 +49,8 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_ids: int | Iterable[
     if eos_token_ids is None:
         return torch.ones_like(completion_ids, dtype=torch.long)
     eos = torch.as_tensor(
-        [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids), device=completion_ids.device
+        [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids),
+        device=completion_ids.device,
     )
     is_eos = torch.isin(completion_ids, eos).long()
     # A token is kept when no EOS came strictly before it.

@@ -11,7 +11,9 @@ def check_scores(scores: torch.Tensor, owner: str) -> None:
     """A processor's input must be a floating [batch, vocab] tensor (NaN/+inf are caught by the
     entropy computation itself, which raises ``ValueError``)."""
     if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
-        raise TypeError(f"{owner} expects floating-point scores, got {getattr(scores, 'dtype', type(scores))}.")
+        raise TypeError(
+            f"{owner} expects floating-point scores, got {getattr(scores, 'dtype', type(scores))}."
+        )
     if scores.dim() != 2:
         raise ValueError(f"{owner} expects scores of shape [batch, vocab], got {tuple(scores.shape)}.")
 

