@@ -22,7 +22,9 @@ __all__ = [
 
 ARITHMETIC_INSTRUCTION = "Reply with just the number."
 
-_INTEGER = re.compile(r"(?<![\d.])-?\d[\d,]*(?:\.0+)?(?![\d.]*\d)")
+# An integer, with optional thousands separators ("1,234": groups of exactly three digits) and an
+# optional ".0" tail; never a piece of a decimal number such as 3.5.
+_INTEGER = re.compile(r"(?<![\d.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.0+)?(?![\d.]*\d)")
 
 
 @dataclass(frozen=True)

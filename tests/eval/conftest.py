@@ -22,7 +22,11 @@ def build_word_tokenizer(pad: bool = True, chat_template: bool = True) -> PreTra
     """A word-level tokenizer over 128 tokens (digits split one by one); EOS ``<eos>`` (id 1)."""
     backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(_WORDS)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Punctuation()]
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Punctuation(),
+        ]
     )
     backend.decoder = decoders.WordPiece(prefix="##")
     kwargs = {"pad_token": "<eos>"} if pad else {}

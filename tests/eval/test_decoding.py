@@ -135,7 +135,9 @@ def _distinct_first_tokens(model, method: DecodingMethod, rows: int = 400) -> in
     input_ids = torch.full((rows, 3), 5, dtype=torch.long)
     torch.manual_seed(0)
     with torch.no_grad():
-        output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
+        output = model.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
+        )
     return len(set(output[:, -1].tolist()))
 
 

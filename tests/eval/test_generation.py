@@ -72,8 +72,13 @@ def test_greedy_entropy_and_length_match_an_independent_recomputation(
     eos_ids = [word_tokenizer.eos_token_id, stop_token]
     sharp_llama.generation_config.eos_token_id = eos_ids  # several EOS ids
     completions, seconds = generate_completions(
-        sharp_llama, word_tokenizer, PROMPTS, parse_method("greedy"), max_new_tokens=MAX_NEW,
-        batch_size=batch_size, progress=False,
+        sharp_llama,
+        word_tokenizer,
+        PROMPTS,
+        parse_method("greedy"),
+        max_new_tokens=MAX_NEW,
+        batch_size=batch_size,
+        progress=False,
     )
     assert seconds >= 0
     assert len(completions) == len(PROMPTS)
@@ -113,7 +118,12 @@ def test_eos_defaults_to_the_tokenizer_eos(sharp_llama, word_tokenizer):
     word_tokenizer.add_special_tokens({"eos_token": word_tokenizer.convert_ids_to_tokens(trajectory[2])})
     sharp_llama.generation_config.eos_token_id = None
     (completion,), _ = generate_completions(
-        sharp_llama, word_tokenizer, PROMPTS[:1], parse_method("greedy"), max_new_tokens=MAX_NEW, progress=False
+        sharp_llama,
+        word_tokenizer,
+        PROMPTS[:1],
+        parse_method("greedy"),
+        max_new_tokens=MAX_NEW,
+        progress=False,
     )
     assert completion.num_tokens == trajectory.index(trajectory[2]) + 1
 
@@ -165,7 +175,11 @@ def test_chat_prompts_need_a_chat_template(sharp_llama, make_word_tokenizer):
     tokenizer = make_word_tokenizer(chat_template=False)
     with pytest.raises(ValueError, match="no chat template"):
         generate_completions(
-            sharp_llama, tokenizer, [[{"role": "user", "content": "hi"}]], parse_method("greedy"), progress=False
+            sharp_llama,
+            tokenizer,
+            [[{"role": "user", "content": "hi"}]],
+            parse_method("greedy"),
+            progress=False,
         )
     with pytest.raises(ValueError, match="no chat template"):
         render_prompts(tokenizer, ["fine", [{"role": "user", "content": "hi"}]])

@@ -64,7 +64,9 @@ def test_float32_rows_agree_with_scalar_bisection():
     rows = torch.randn(16, 1000, generator=generator) * torch.linspace(0.2, 6.0, 16)[:, None]
     warper = AdaptiveTemperatureLogitsWarper(alpha=0.5)
     expected = [scalar_bisection(r.double().tolist(), 0.5, 0.3, 0.01, 1.0, 100, 0.1) for r in rows]
-    torch.testing.assert_close(warper.temperatures(rows), torch.tensor(expected, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        warper.temperatures(rows), torch.tensor(expected, dtype=torch.float64), atol=1e-12, rtol=0
+    )
 
 
 def test_reaches_target_entropy_within_tolerance():

@@ -29,7 +29,9 @@ def reference_em_inf(logits, threshold=0.3, n_steps=3, lr=0.1, kl_weight=0.001):
 def random_rows(batch=6, vocab=500, seed=0, dtype=torch.float32):
     generator = torch.Generator().manual_seed(seed)
     scales = torch.tensor([0.5, 1.0, 2.0, 3.0, 5.0, 8.0])[:batch].repeat(math.ceil(batch / 6))[:batch]
-    return (torch.randn(batch, vocab, generator=generator, dtype=dtype) * scales[:, None].to(dtype)).contiguous()
+    return (
+        torch.randn(batch, vocab, generator=generator, dtype=dtype) * scales[:, None].to(dtype)
+    ).contiguous()
 
 
 @pytest.mark.parametrize(
@@ -79,8 +81,12 @@ def test_each_row_stops_on_its_own():
     assert 0.1 < final_near <= 0.3  # stopped right after crossing, not driven towards 0
     no_stop = EntropyMinLogitsProcessor(threshold=0.0, n_steps=20, lr=0.5)(None, near)
     assert token_entropy(no_stop).item() < 0.01
-    torch.testing.assert_close(out[0], reference_em_inf(near[0], threshold=0.3, n_steps=20, lr=0.5), atol=1e-4, rtol=0)
-    torch.testing.assert_close(out[1], reference_em_inf(far[0], threshold=0.3, n_steps=20, lr=0.5), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        out[0], reference_em_inf(near[0], threshold=0.3, n_steps=20, lr=0.5), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        out[1], reference_em_inf(far[0], threshold=0.3, n_steps=20, lr=0.5), atol=1e-4, rtol=0
+    )
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])

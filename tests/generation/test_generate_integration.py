@@ -65,7 +65,12 @@ def test_processor_sees_raw_logits_before_temperature_and_top_p(tiny_llama, proc
 def test_greedy_decoding_is_unchanged_by_em_inf(tiny_llama, optimizer):
     """Proposition 1: logit optimization keeps the top token, so greedy outputs are identical."""
     input_ids = prompt_ids(batch=4, seed=1)
-    common = {"attention_mask": torch.ones_like(input_ids), "do_sample": False, "max_new_tokens": 8, "pad_token_id": 0}
+    common = {
+        "attention_mask": torch.ones_like(input_ids),
+        "do_sample": False,
+        "max_new_tokens": 8,
+        "pad_token_id": 0,
+    }
     plain = tiny_llama.generate(input_ids, **common)
     processor = Spy(EntropyMinLogitsProcessor(threshold=0.0, n_steps=5, optimizer=optimizer))
     with_em = tiny_llama.generate(input_ids, logits_processor=LogitsProcessorList([processor]), **common)

@@ -85,7 +85,9 @@ def test_leading_dimensions_and_non_contiguous_and_empty():
     torch.testing.assert_close(token_entropy(logits), reference_entropy(logits).float(), atol=1e-5, rtol=1e-5)
     transposed = torch.randn(40, 6).t()
     assert not transposed.is_contiguous()
-    torch.testing.assert_close(token_entropy(transposed), reference_entropy(transposed).float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        token_entropy(transposed), reference_entropy(transposed).float(), atol=1e-5, rtol=1e-5
+    )
     assert token_entropy(torch.empty(0, 40)).shape == (0,)
 
 
@@ -160,5 +162,5 @@ def test_bad_input_errors(logits, temperature, error, match):
 
 
 def test_not_a_tensor():
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
         token_entropy([[0.0, 1.0]])
