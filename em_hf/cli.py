@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=_positive_int, default=3, help="seeds per sampled method (default: %(default)s)"
     )
     demo.add_argument("--max-new-tokens", type=_positive_int, default=32, help="(default: %(default)s)")
-    demo.add_argument("--batch-size", type=_positive_int, default=50, help="(default: %(default)s)")
+    demo.add_argument("--batch-size", type=_positive_int, default=64, help="(default: %(default)s)")
     demo.add_argument(
         "--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)"
     )

@@ -11,6 +11,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
+
 from em_hf.data.arithmetic import grade_last_integer, make_arithmetic_problems
 from em_hf.eval.decoding import DecodingMethod, parse_method
 from em_hf.eval.generation import generate_completions
@@ -39,7 +41,7 @@ def run_demo(
     n_items: int = 60,
     seeds: Sequence[int] = (0, 1, 2),
     max_new_tokens: int = 32,
-    batch_size: int = 50,
+    batch_size: int = 64,
     data_seed: int = 0,
     progress: bool = True,
 ) -> list[MethodSummary]:
@@ -51,11 +53,13 @@ def run_demo(
         raise ValueError("`methods` is empty: give at least one decoding method.")
     problems = make_arithmetic_problems(n_items, seed=data_seed)
     prompts = [p.messages for p in problems]
+    runs = [(method, list(seeds) if method.do_sample else list(seeds)[:1]) for method in parsed]
+    bar = tqdm(total=sum(len(s) for _, s in runs), desc="demo", unit="run", disable=not progress)
     summaries = []
-    for method in parsed:
-        method_seeds = list(seeds) if method.do_sample else list(seeds)[:1]
+    for method, method_seeds in runs:
         accuracies, entropies, lengths, seconds = [], [], [], 0.0
         for seed in method_seeds:
+            bar.set_postfix_str(f"{method.name} seed {seed}")
             completions, elapsed = generate_completions(
                 model,
                 tokenizer,
@@ -64,8 +68,9 @@ def run_demo(
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
                 seed=seed,
-                progress=progress,
+                progress=False,
             )
+            bar.update()
             seconds += elapsed
             correct = [
                 grade_last_integer(c.text, p.answer) for c, p in zip(completions, problems, strict=True)
@@ -85,6 +90,7 @@ def run_demo(
                 tokens_per_s=sum(lengths) / seconds if seconds > 0 else 0.0,
             )
         )
+    bar.close()
     return summaries
 
 

@@ -161,7 +161,7 @@ def test_cli_defaults():
     assert args.model == "default"
     assert not args.load_in_8bit
     assert list(args.methods) == list(DEFAULT_DEMO_METHODS)
-    assert (args.items, args.seeds, args.max_new_tokens, args.batch_size) == (60, 3, 32, 50)
+    assert (args.items, args.seeds, args.max_new_tokens, args.batch_size) == (60, 3, 32, 64)
     for method in args.methods:  # the defaults parse
         parse_method(method)
 
