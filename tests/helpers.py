@@ -1,0 +1,77 @@
+"""Tiny models and tokenizers built in memory (no files, no network), shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+WORD_VOCAB_SIZE = 128
+WORD_EOS_ID = 1
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
+_WORDS = ["<unk>", "<eos>", *(str(i) for i in range(10)), *"+-.,=?:"]
+_WORDS += ["Compute", "Reply", "with", "just", "the", "number", "user", "assistant", "answer", "is"]
+_WORDS += [f"w{i}" for i in range(WORD_VOCAB_SIZE - len(_WORDS))]
+
+
+def make_tiny_llama(
+    seed: int = 0,
+    vocab_size: int = WORD_VOCAB_SIZE,
+    hidden_size: int = 64,
+    sharpen: float = 40.0,
+    eos_token_id: int | None = WORD_EOS_ID,
+    pad_token_id: int | None = WORD_EOS_ID,
+) -> LlamaForCausalLM:
+    """A seeded 2-layer Llama with its LM head scaled by ``sharpen``: a random model is otherwise
+    almost uniform (entropy ~ log V everywhere), which hides position and masking mistakes
+    (SPEC.md, "Testing hint"). ``sharpen=1`` keeps the initialisation as it is."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=None,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    if sharpen != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(sharpen)
+    return model.eval()
+
+
+def make_word_tokenizer(
+    pad: bool = True, chat_template: bool = True, eos: bool = True
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over 128 tokens (digits split one by one), EOS ``<eos>`` (id 1),
+    left padding; ``pad=False`` leaves it without a pad token, ``chat_template=False`` without a
+    chat template, ``eos=False`` without an EOS token."""
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(_WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Punctuation(),
+        ]
+    )
+    backend.decoder = decoders.WordPiece(prefix="##")
+    kwargs = {}
+    if eos:
+        kwargs["eos_token"] = "<eos>"
+    if pad:
+        kwargs["pad_token"] = "<eos>"
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", padding_side="left", **kwargs
+    )
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
