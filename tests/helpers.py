@@ -75,3 +75,8 @@ def make_word_tokenizer(
     if chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def use_backend(monkeypatch, name: str) -> None:
+    """Force em_hf.ops onto one implementation: "cpp" (compiled kernels, or an error) or "torch"."""
+    monkeypatch.setenv("EM_HF_ENTROPY_BACKEND", name)

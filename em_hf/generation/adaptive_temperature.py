@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from em_hf.generation.utils import check_number, check_positive_int, check_scores
+from em_hf.generation.utils import check_finite_scores, check_number, check_positive_int, check_scores
+from em_hf.ops._extension import use_kernels
 from em_hf.ops.entropy import accumulation_dtype, softmax_entropy
 
 __all__ = ["AdaptiveTemperatureLogitsWarper"]
@@ -65,6 +66,11 @@ class AdaptiveTemperatureLogitsWarper(LogitsProcessor):
     def temperatures(self, scores: torch.Tensor) -> torch.Tensor:
         """The per-row temperature tau (float64, shape [batch]); 1.0 for rows left untouched."""
         check_scores(scores, type(self).__name__)
+        if use_kernels(scores):
+            check_finite_scores(scores, type(self).__name__)
+            return torch.ops.em_hf.adaptive_temperature(
+                scores, self.alpha, self.threshold, self.tau_min, self.tau_max, self.max_iter, self.tol
+            )
         z = scores.to(accumulation_dtype(scores.dtype))
         initial_entropy = softmax_entropy(z).entropy.double()
         tau = torch.ones_like(initial_entropy)

@@ -12,8 +12,10 @@ differentiated: the gradient is in closed form,
     dL/dz_v = -p_v (log p_v + H) + kl_weight * (p_v - p_orig_v),
 
 (the KL gradient uses sum_v p_orig_v = 1), so the processor runs under ``torch.no_grad()`` inside
-``model.generate``. Defaults follow the released scripts (3 Adam steps, lr 0.1, delta 0.3,
-kl_weight 0.001); the paper text uses 5-15 steps and 0.1 < delta < 0.5.
+``model.generate``. On CPU (float32/bf16/fp16) the whole loop runs in one fused C++ call
+(``em_hf/ops/csrc/em_inf_cpu.cpp``: one pass over a row per step); elsewhere in PyTorch.
+Defaults follow the released scripts (3 Adam steps, lr 0.1, delta 0.3, kl_weight 0.001); the
+paper text uses 5-15 steps and 0.1 < delta < 0.5.
 
 Unlike the released reference code (one entropy summed over the whole batch, one stop for all rows),
 each row has its own entropy, its own stop and its own Adam moments, so a row of a batch gives the
@@ -27,7 +29,8 @@ import math
 import torch
 from transformers import LogitsProcessor
 
-from em_hf.generation.utils import check_number, check_positive_int, check_scores
+from em_hf.generation.utils import check_finite_scores, check_number, check_positive_int, check_scores
+from em_hf.ops._extension import use_kernels
 from em_hf.ops.entropy import accumulation_dtype, softmax_entropy
 
 __all__ = ["EntropyMinLogitsProcessor"]
@@ -83,6 +86,24 @@ class EntropyMinLogitsProcessor(LogitsProcessor):
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         check_scores(scores, type(self).__name__)
+        if use_kernels(scores):
+            check_finite_scores(scores, type(self).__name__)
+            beta1, beta2 = _ADAM_BETAS
+            return torch.ops.em_hf.em_inf(
+                scores,
+                self.threshold,
+                self.n_steps,
+                self.lr,
+                self.kl_weight,
+                self.optimizer == "adam",
+                beta1,
+                beta2,
+                _ADAM_EPS,
+            )
+        return self._optimize_torch(scores)
+
+    def _optimize_torch(self, scores: torch.Tensor) -> torch.Tensor:
+        """The same procedure in PyTorch: any device, float64 included (the reference for the kernel)."""
         z = scores.to(accumulation_dtype(scores.dtype))
         initial = softmax_entropy(z)
         rows = torch.nonzero(initial.entropy > self.threshold).squeeze(-1)

@@ -46,3 +46,12 @@ def check_positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
     return value
+
+
+def check_finite_scores(scores: torch.Tensor, owner: str) -> None:
+    """Raise ``ValueError`` when ``scores`` contain NaN or +inf (-inf marks masked tokens)."""
+    if bool(torch.isnan(scores).any()) or bool(torch.isposinf(scores).any()):
+        raise ValueError(
+            f"{owner} received scores containing NaN or +inf, for which the entropy is undefined; check the "
+            "model's dtype (fp16 overflow) or a preceding logits processor."
+        )

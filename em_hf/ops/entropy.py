@@ -21,7 +21,10 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["entropy_grad", "softmax_entropy", "token_entropy"]
+from em_hf.ops._extension import use_kernels
+from em_hf.ops._torch_impl import entropy_backward_torch, entropy_forward_torch
+
+__all__ = ["entropy_backward", "entropy_forward", "entropy_grad", "softmax_entropy", "token_entropy"]
 
 
 class SoftmaxEntropy(NamedTuple):
@@ -87,6 +90,40 @@ def softmax_entropy(logits: torch.Tensor, temperature: float | torch.Tensor = 1.
     return SoftmaxEntropy(probs, log_probs, entropy)
 
 
+def entropy_forward(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, lse) per row of 2-D ``logits`` at ``temperature``, by the active backend (no checks, no
+    autograd). H and lse are float32 (float64 for float64 input); lse = logsumexp(z / T)."""
+    if use_kernels(logits):
+        return torch.ops.em_hf.entropy_forward(logits, temperature)
+    return entropy_forward_torch(logits, temperature)
+
+
+def entropy_backward(
+    grad_entropy: torch.Tensor,
+    logits: torch.Tensor,
+    entropy: torch.Tensor,
+    lse: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """dH/dz * grad_H for 2-D ``logits`` from the forward's (H, lse), in the logits' dtype."""
+    if use_kernels(logits):
+        return torch.ops.em_hf.entropy_backward(grad_entropy, logits, entropy, lse, temperature)
+    return entropy_backward_torch(grad_entropy, logits, entropy, lse, temperature)
+
+
+def _as_rows(logits: torch.Tensor) -> torch.Tensor:
+    rows = logits.reshape(-1, logits.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def _raise_if_undefined(entropy: torch.Tensor) -> None:
+    if not bool(torch.isfinite(entropy).all()):
+        raise ValueError(
+            "`logits` contain NaN or +inf, for which the entropy is undefined; mask tokens with -inf "
+            "(or a large negative number) instead."
+        )
+
+
 def entropy_grad(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Closed-form gradient of the token entropy with respect to the logits.
 
@@ -98,30 +135,28 @@ def entropy_grad(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     """
     _check_logits(logits)
     _check_temperature(temperature)
-    stats = softmax_entropy(logits, temperature)
-    return _entropy_grad_from_stats(stats, temperature)
-
-
-def _entropy_grad_from_stats(stats: SoftmaxEntropy, temperature: float | torch.Tensor) -> torch.Tensor:
-    return -(stats.probs * (stats.log_probs + stats.entropy.unsqueeze(-1))) / temperature
+    rows = _as_rows(logits.to(accumulation_dtype(logits.dtype)))
+    entropy, lse = entropy_forward(rows, float(temperature))
+    _raise_if_undefined(entropy)
+    grad = entropy_backward(torch.ones_like(entropy), rows, entropy, lse, float(temperature))
+    return grad.reshape(logits.shape)
 
 
 class _TokenEntropy(torch.autograd.Function):
-    """H(softmax(z/T)) with the closed-form backward; only the logits are kept for backward."""
+    """H(softmax(z/T)) with the closed-form backward; saves the logits and two floats per row."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        ctx.save_for_backward(logits)
+    def forward(ctx, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+        entropy, lse = entropy_forward(rows, temperature)
+        ctx.save_for_backward(rows, entropy, lse)
         ctx.temperature = temperature
-        return softmax_entropy(logits, temperature).entropy
+        return entropy
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_entropy: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (logits,) = ctx.saved_tensors
-        stats = softmax_entropy(logits, ctx.temperature)
-        grad = _entropy_grad_from_stats(stats, ctx.temperature) * grad_entropy.unsqueeze(-1)
-        return grad.to(logits.dtype), None
+        rows, entropy, lse = ctx.saved_tensors
+        return entropy_backward(grad_entropy.contiguous(), rows, entropy, lse, ctx.temperature), None
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -137,10 +172,17 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
         ``[...]`` entropies in nats, float32 for bfloat16/float16 input (float32 accumulation),
         otherwise the input dtype. Never NaN: rows that are entirely -inf have entropy 0, and
         NaN/+inf logits raise ``ValueError``. The backward pass uses the closed form
-        ``dH/dz = -(1/T) p (log p + H)`` and stores only the logits.
+        ``dH/dz = -(1/T) p (log p + H)`` and stores only the logits and two floats per row.
+        On CPU (float32/bf16/fp16) the compiled kernels of ``em_hf/ops/csrc`` do the work, one
+        pass over the logits forward and one backward; elsewhere a chunked PyTorch path
+        (:func:`em_hf.ops.backend` tells which).
     """
     _check_logits(logits)
     _check_temperature(temperature)
+    rows = _as_rows(logits)
     if logits.requires_grad and torch.is_grad_enabled():
-        return _TokenEntropy.apply(logits, float(temperature))
-    return softmax_entropy(logits, temperature).entropy
+        entropy = _TokenEntropy.apply(rows, float(temperature))
+    else:
+        entropy, _ = entropy_forward(rows, float(temperature))
+    _raise_if_undefined(entropy)
+    return entropy.reshape(logits.shape[:-1])

@@ -110,17 +110,18 @@ def test_rows_at_or_below_threshold_are_returned_unchanged():
     assert (token_entropy(confident) <= 0.3).all()
     out = EntropyMinLogitsProcessor()(None, confident)
     assert torch.equal(out, confident)
-    mixed = torch.cat([confident, torch.zeros(1, 100)])
+    mixed = torch.cat([confident, torch.randn(1, 100, generator=torch.Generator().manual_seed(0))])
     out = EntropyMinLogitsProcessor()(None, mixed)
     assert torch.equal(out[:3], confident)
     assert not torch.equal(out[3], mixed[3])
 
 
 def test_masked_entries_stay_masked_and_single_token_row_works():
-    rows = torch.randn(3, 30)
+    rows = torch.randn(3, 30, generator=torch.Generator().manual_seed(0))
     rows[0, 1:] = -math.inf  # all but one masked: entropy 0, untouched
     rows[1, ::2] = -math.inf  # half masked
-    rows[2, :28] = -math.inf  # two finite tokens
+    rows[2, :28] = -math.inf  # two finite tokens, entropy ~0.67 > threshold
+    rows[2, 28:] = torch.tensor([0.0, 0.3])
     out = EntropyMinLogitsProcessor(n_steps=5)(None, rows)
     assert torch.equal(out[0], rows[0])
     assert torch.equal(torch.isinf(out), torch.isinf(rows))
