@@ -29,6 +29,7 @@ lint: install
 	$(BIN)/ruff format --check em_hf tests examples
 
 test: lint
+	$(BIN)/em-hf build-ops
 	$(BIN)/python -m pytest
 
 format: install

@@ -1,4 +1,4 @@
-"""The ``em-hf`` command line. Subcommands: ``demo``."""
+"""The ``em-hf`` command line. Subcommands: ``demo``, ``build-ops``."""
 
 from __future__ import annotations
 
@@ -66,7 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)"
     )
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    sub.add_parser(
+        "build-ops",
+        help="compile the C++ entropy kernels ahead of time (otherwise done on first use)",
+        description="Compile em_hf's C++ entropy kernels with torch.utils.cpp_extension into torch's "
+        "extension cache and report the backend em_hf.ops will use.",
+    )
     return parser
+
+
+def _build_ops() -> int:
+    from em_hf.ops import _extension
+
+    start = time.perf_counter()
+    _extension.build(verbose=True)
+    print(f"em_hf kernels ready in {time.perf_counter() - start:.1f} s; backend: {_extension.backend()}")
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> None:
@@ -101,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         _run_demo(args)
+    elif args.command == "build-ops":
+        return _build_ops()
     return 0
 
 

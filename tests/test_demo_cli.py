@@ -172,3 +172,9 @@ def test_cli_demo_end_to_end(tmp_path, capsys):
     assert " 3 x 2 " in rows[2]
     assert len(rows) == 3
     assert "3 arithmetic problems" in out
+
+
+def test_cli_build_ops_reports_the_backend(capsys, monkeypatch):
+    monkeypatch.setenv("EM_HF_ENTROPY_BACKEND", "auto")
+    assert main(["build-ops"]) == 0
+    assert "backend: cpp" in capsys.readouterr().out

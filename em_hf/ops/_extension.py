@@ -48,7 +48,7 @@ def build(verbose: bool = False) -> None:
         cpp_extension.load(
             name="em_hf_entropy_cpu",
             sources=[str(_CSRC / name) for name in _CPU_SOURCES],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_cflags=["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=verbose,

@@ -78,16 +78,18 @@ struct RowStats {
   float s = 0.0f;
   float a = 0.0f;
 
-  // x: `n` floats, n a multiple of vec::kLanes (pad with -inf).
-  inline void add_block(const float* x, int64_t n) {
+  // Adds the values scale * x[i] for `n` floats, n a multiple of vec::kLanes (pad with -inf).
+  inline void add_block(const float* x, int64_t n, float scale = 1.0f) {
     using vec::VecF;
+    const VecF scale_v = vec::broadcast(scale);
     VecF block_max = vec::broadcast(-std::numeric_limits<float>::infinity());
     for (int64_t i = 0; i < n; i += vec::kLanes) block_max = vec::vmax(block_max, vec::load(x + i));
-    float bm = vec::hmax(block_max);
+    // scale > 0, so the maximum of the scaled values is the scaled maximum.
+    float bm = vec::hmax(block_max) * scale;
     if (bm == -std::numeric_limits<float>::infinity()) {
       // Only -inf here, or NaN (ignored by the max): one NaN must still reach S.
       for (int64_t i = 0; i < n; ++i)
-        if (x[i] != x[i]) s = x[i];
+        if (x[i] != x[i]) s = x[i];  // NaN
       return;
     }
     if (bm > m) {
@@ -102,7 +104,7 @@ struct RowStats {
     const VecF zero = vec::broadcast(0.0f);
     VecF sv = zero, av = zero;
     for (int64_t i = 0; i < n; i += vec::kLanes) {
-      const VecF d = vec::load(x + i) - mv;
+      const VecF d = vec::load(x + i) * scale_v - mv;
       const VecF e = vec::exp_nonpositive(d);
       sv += e;
       av += e > zero ? d * e : zero;  // -inf * 0 would be NaN; a NaN input reaches S through e

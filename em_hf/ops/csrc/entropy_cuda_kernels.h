@@ -1,0 +1,56 @@
+// CUDA kernels of the em_hf ops (see entropy_cpu.cpp and em_inf_cpu.cpp for the mathematics),
+// behind plain launchers: raw pointers, int64 sizes, a dtype code and a cudaStream_t. No ATen or
+// c10 header is used, so this part compiles with nvcc alone (the torch binding is
+// entropy_cuda.cpp).
+//
+// Logits are [rows, vocab] with the last dimension contiguous and `row_stride` elements between
+// rows; outputs of shape [rows, vocab] are contiguous. Every launcher returns cudaSuccess, or
+// cudaErrorInvalidValue for invalid sizes or dtype (nothing launched), or the launch error.
+// rows == 0 launches nothing.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace em_hf {
+namespace cuda {
+
+// Element type of the logits (and of the outputs that have the logits' dtype).
+enum class Dtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+// Per row: H = log S - A / S (clamped at 0) and lse = m + log S of z' = z * inv_temperature
+// (m = max z', S = sum exp(z' - m), A = sum exp(z' - m)(z' - m)), float32. An all -inf row gives
+// H = 0, lse = -inf; NaN or +inf in a row gives H = NaN.
+cudaError_t entropy_forward(const void* logits, Dtype dtype, int64_t rows, int64_t vocab, int64_t row_stride,
+                            float inv_temperature, float* entropy, float* lse, cudaStream_t stream);
+
+// grad[r, v] = -inv_t * p (log p + H[r]) * grad_entropy[r], log p = z * inv_t - lse[r], in `dtype`
+// ([rows, vocab] contiguous); 0 where p == 0 and on all -inf rows. grad_entropy, entropy and lse
+// are float32 with one value per row (entropy and lse from entropy_forward).
+cudaError_t entropy_backward(const float* grad_entropy, const void* logits, Dtype dtype, int64_t rows,
+                             int64_t vocab, int64_t row_stride, const float* entropy, const float* lse,
+                             float inv_temperature, void* grad, cudaStream_t stream);
+
+// Floats of the workspace that em_inf needs: z, exp_avg and exp_avg_sq, each [rows, vocab] float32,
+// stored one after the other. Uninitialized memory is fine (the first step does not read it).
+inline int64_t em_inf_workspace_floats(int64_t rows, int64_t vocab) { return 3 * rows * vocab; }
+
+// Fused EM-INF (em_inf_cpu.cpp): per row, while H > threshold and at most n_steps times, one
+// Adam (adam = true, torch.optim.Adam's operation order) or SGD step on z with the gradient
+// -p (log p + H) + kl_weight (p - p_orig). Rows whose initial H is <= threshold (or NaN) are copied
+// unchanged. `out` is [rows, vocab] contiguous in `dtype`; `workspace` holds
+// em_inf_workspace_floats(rows, vocab) floats.
+cudaError_t em_inf(const void* logits, Dtype dtype, int64_t rows, int64_t vocab, int64_t row_stride,
+                   float threshold, int64_t n_steps, float lr, float kl_weight, bool adam, float beta1,
+                   float beta2, float eps, float* workspace, void* out, cudaStream_t stream);
+
+// Adaptive temperature (adaptive_temperature_cpu): per row with H0 = H(softmax(z)) > threshold,
+// bisection of tau in [tau_min, tau_max] (float64) until |H(softmax(z / tau)) - max(threshold,
+// alpha H0)| < tol or max_iter steps; tau = 1 for the other rows. `tau` is float64 [rows].
+cudaError_t adaptive_temperature(const void* logits, Dtype dtype, int64_t rows, int64_t vocab, int64_t row_stride,
+                                 double alpha, double threshold, double tau_min, double tau_max, int64_t max_iter,
+                                 double tol, double* tau, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace em_hf

@@ -1,0 +1,310 @@
+"""Token entropy (and label log-probabilities) straight from the LM head, without full logits.
+
+For hidden states h [..., D], an LM head W [V, D] with optional bias b [V] and a temperature T:
+
+    z = h @ W.T + b,    p = softmax(z / T)
+    H = -sum_v p_v log p_v                                  (the token entropy, SPEC.md "The mathematics")
+    log p[y] = z_y / T - logsumexp(z / T)                   (when ``labels`` y are given)
+
+    dH/dz_v       = -(1/T) p_v (log p_v + H)
+    dlog p[y]/dz_v = (1[v == y] - p_v) / T
+    grad_h = grad_z @ W,   grad_W = grad_z.T @ h,   grad_b = sum over rows of grad_z
+
+This is the loss of EM-FT and one-shot EM (paper 1, sec. 3.1; paper 2): the mean entropy of
+softmax(logits / T) at the generated positions, where ``[rows, V]`` logits dominate the memory of the
+step (8192 tokens x 49152 vocabulary = 1.5 GiB of float32 logits, and as much again for their
+gradient). Here the rows are processed ``chunk_size`` at a time: each chunk's logits are computed,
+reduced to two floats per row (H and lse) by :func:`em_hf.ops.entropy.entropy_forward` (the compiled
+CPU kernel when available) and dropped. Only ``hidden``, ``weight``, ``bias``, ``labels`` and the
+per-row (H, lse) are saved for backward, which recomputes each chunk's logits. Peak extra memory
+therefore grows with ``chunk_size x V``, not ``rows x V``, at the price of one more matmul.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from em_hf.ops.entropy import entropy_backward, entropy_forward
+
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "IGNORE_INDEX", "linear_token_entropy"]
+
+IGNORE_INDEX = -100
+# Default chunk: about 2**24 logits (64 MiB of float32) per chunk of rows.
+DEFAULT_CHUNK_ELEMENTS = 1 << 24
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def default_chunk_size(vocab: int) -> int:
+    """Rows per chunk such that a chunk holds about ``DEFAULT_CHUNK_ELEMENTS`` logits (a multiple of
+    16 rows when that is at least 16)."""
+    rows = max(1, DEFAULT_CHUNK_ELEMENTS // max(vocab, 1))
+    return rows - rows % 16 if rows >= 16 else rows
+
+
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """z = hidden @ weight.T (+ bias) for one chunk of rows, in the input dtype."""
+    if bias is None:
+        return hidden @ weight.T
+    return torch.addmm(bias, hidden, weight.T)
+
+
+def _label_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """log softmax(z / T)[y] per row in the accumulation dtype; 0 where y == IGNORE_INDEX."""
+    valid = labels != IGNORE_INDEX
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    picked = logits.gather(1, safe[:, None]).squeeze(1).to(lse.dtype) / temperature - lse
+    return torch.where(valid, picked, torch.zeros_like(picked))
+
+
+def _forward_rows(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    temperature: float,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(H, lse, label log-probs or None) for 2-D ``hidden`` [N, D], one chunk of rows at a time."""
+    rows = hidden.shape[0]
+    acc = _acc_dtype(hidden.dtype)
+    entropy = torch.empty(rows, dtype=acc, device=hidden.device)
+    lse = torch.empty(rows, dtype=acc, device=hidden.device)
+    logprobs = None if labels is None else torch.empty(rows, dtype=acc, device=hidden.device)
+    for start in range(0, rows, chunk_size):
+        end = min(start + chunk_size, rows)
+        logits = _chunk_logits(hidden[start:end], weight, bias)
+        chunk_entropy, chunk_lse = entropy_forward(logits, temperature)
+        entropy[start:end] = chunk_entropy
+        lse[start:end] = chunk_lse
+        if logprobs is not None:
+            logprobs[start:end] = _label_logprobs(logits, labels[start:end], chunk_lse, temperature)
+        del logits
+    if not bool(torch.isfinite(entropy).all()):
+        raise ValueError(
+            "`hidden @ weight.T + bias` contains NaN or +inf, for which the entropy is undefined; check "
+            "`hidden`, `weight` and `bias` for non-finite values (mask tokens with a -inf bias instead)."
+        )
+    return entropy, lse, logprobs
+
+
+class _LinearTokenEntropy(torch.autograd.Function):
+    """Chunked H (and label log-probs) of softmax((h @ W.T + b) / T); saves no [N, V] tensor."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, temperature, chunk_size):
+        entropy, lse, logprobs = _forward_rows(hidden, weight, bias, labels, temperature, chunk_size)
+        ctx.save_for_backward(hidden, weight, bias, labels, entropy, lse)
+        ctx.temperature = temperature
+        ctx.chunk_size = chunk_size
+        ctx.set_materialize_grads(False)
+        if logprobs is None:
+            return entropy
+        return entropy, logprobs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_entropy, grad_logprobs=None):
+        hidden, weight, bias, labels, entropy, lse = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        temperature, chunk_size = ctx.temperature, ctx.chunk_size
+        if labels is None:
+            grad_logprobs = None
+        rows, dtype = hidden.shape[0], hidden.dtype
+        acc = _acc_dtype(dtype)
+        grad_hidden = torch.zeros_like(hidden, memory_format=torch.contiguous_format) if need_hidden else None
+        # grad_W and grad_b sum over every chunk: accumulate in float32 (float64) so that half-precision
+        # inputs are rounded once at the end, not once per chunk.
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight else None
+        )
+        grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_bias else None
+        if (grad_entropy is None and grad_logprobs is None) or rows == 0:
+            return _finish(grad_hidden, grad_weight, grad_bias, weight, bias)
+
+        for start in range(0, rows, chunk_size):
+            end = min(start + chunk_size, rows)
+            hidden_chunk = hidden[start:end]
+            # Same product as the forward; the entropy math then runs in the accumulation dtype.
+            logits = _chunk_logits(hidden_chunk, weight, bias).to(acc)
+            if grad_entropy is not None:
+                grad_logits = entropy_backward(
+                    grad_entropy[start:end].to(acc).contiguous(),
+                    logits,
+                    entropy[start:end],
+                    lse[start:end],
+                    temperature,
+                )
+            else:
+                grad_logits = torch.zeros_like(logits)
+            if grad_logprobs is not None:
+                chunk_labels = labels[start:end]
+                valid = chunk_labels != IGNORE_INDEX
+                scale = torch.where(valid, grad_logprobs[start:end].to(acc), 0.0) / temperature
+                # (onehot - p) / T * grad_lp, with p = exp(z / T - lse), computed in place in `logits`.
+                # A row whose logits are all -inf (lse = -inf) has p = 0: shift it by 0, not by -inf.
+                chunk_lse = lse[start:end]
+                shift = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.zeros_like(chunk_lse))
+                probs = logits.div_(temperature).sub_(shift[:, None]).exp_()
+                grad_logits.sub_(probs.mul_(scale[:, None]))
+                safe = torch.where(valid, chunk_labels, torch.zeros_like(chunk_labels))
+                grad_logits.scatter_add_(1, safe[:, None], scale[:, None])
+            del logits
+            if need_hidden:
+                torch.mm(grad_logits.to(dtype), weight, out=grad_hidden[start:end])
+            if need_weight:
+                grad_weight.addmm_(grad_logits.T, hidden_chunk.to(acc))
+            if need_bias:
+                grad_bias.add_(grad_logits.sum(dim=0))
+        return _finish(grad_hidden, grad_weight, grad_bias, weight, bias)
+
+
+def _finish(grad_hidden, grad_weight, grad_bias, weight, bias):
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
+    if grad_bias is not None:
+        grad_bias = grad_bias.to(bias.dtype)
+    return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def _check_inputs(hidden, weight, bias, labels, temperature, chunk_size) -> None:
+    for name, value in (("hidden", hidden), ("weight", weight)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
+        if not value.is_floating_point():
+            raise TypeError(
+                f"`{name}` must be a floating-point tensor (float32, float64, bfloat16 or float16), got "
+                f"{value.dtype}; cast it with `{name}.float()`."
+            )
+    if hidden.dim() < 1:
+        raise ValueError("`hidden` must have shape [..., D] (at least one dimension), got a scalar.")
+    if weight.dim() != 2:
+        raise ValueError(
+            f"`weight` must be the 2-D LM head weight [V, D] (e.g. `model.lm_head.weight`), got shape "
+            f"{tuple(weight.shape)}."
+        )
+    if weight.shape[0] == 0:
+        raise ValueError("`weight` has an empty vocabulary (shape [0, D]); the entropy needs V >= 1.")
+    if hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"`hidden` has last dimension {hidden.shape[-1]} but `weight` has shape {tuple(weight.shape)}; "
+            f"`weight` must be [V, {hidden.shape[-1]}] (pass the LM head weight [V, D], not its transpose)."
+        )
+    if hidden.dtype != weight.dtype:
+        raise TypeError(
+            f"`hidden` is {hidden.dtype} but `weight` is {weight.dtype}; cast one to the other's dtype, "
+            f"e.g. `hidden.to(weight.dtype)`."
+        )
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"`bias` must be a torch.Tensor or None, got {type(bias).__name__}.")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(
+                f"`bias` must have shape [V] = [{weight.shape[0]}] (one entry per vocabulary token), got "
+                f"{tuple(bias.shape)}."
+            )
+        if bias.dtype != weight.dtype:
+            raise TypeError(
+                f"`bias` is {bias.dtype} but `weight` is {weight.dtype}; cast it with "
+                f"`bias.to(weight.dtype)`."
+            )
+    if isinstance(temperature, torch.Tensor | bool):
+        raise TypeError(f"`temperature` must be a Python number, got {type(temperature).__name__}.")
+    if not (isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(
+            f"`chunk_size` must be a positive integer number of rows (or None for the default), got "
+            f"{chunk_size!r}."
+        )
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"`labels` must be a torch.Tensor or None, got {type(labels).__name__}.")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise TypeError(
+                f"`labels` must be an integer tensor (int64), got {labels.dtype}; use `labels.long()`."
+            )
+        if labels.shape != hidden.shape[:-1]:
+            raise ValueError(
+                f"`labels` must have shape hidden.shape[:-1] = {tuple(hidden.shape[:-1])}, got "
+                f"{tuple(labels.shape)}; pass one label per row of `hidden` (shift them so that label i is "
+                f"the token that follows position i)."
+            )
+        vocab = weight.shape[0]
+        bad = ((labels < 0) | (labels >= vocab)) & (labels != IGNORE_INDEX)
+        if bool(bad.any()):
+            value = labels[bad].flatten()[0].item()
+            raise ValueError(f"`labels` must be in [0, {vocab}) or {IGNORE_INDEX} (ignored), found {value}.")
+
+
+def linear_token_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    labels: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Entropy of softmax((hidden @ weight.T + bias) / T) without materializing the logits.
+
+    With z = hidden @ weight.T + bias and p = softmax(z / T):
+
+        H = -sum_v p_v log p_v,   label_logprobs = log p[labels] = z_y / T - logsumexp(z / T)
+
+    the token entropy (paper 1, eq. 2) that EM-FT and one-shot EM minimize at the generated positions
+    (one-shot EM uses T = 0.5 inside the entropy), and optionally the log-probabilities of the sampled
+    tokens (for a KL penalty or a sequence log-likelihood). Equal, values and gradients, to
+    ``token_entropy(hidden @ weight.T + bias, T)`` and ``log_softmax(z / T).gather(-1, labels)``.
+
+    Memory: rows are processed ``chunk_size`` at a time, forward and backward (the backward recomputes
+    each chunk's logits), and only the inputs plus two floats per row are saved for backward, so the
+    peak extra memory grows with ``chunk_size x V`` (a few chunk-sized temporaries), not ``rows x V``.
+
+    Args:
+        hidden: ``[..., D]`` float32/float64/bfloat16/float16 hidden states (the LM head's input).
+        weight: ``[V, D]`` LM head weight, same dtype as ``hidden`` (``model.lm_head.weight``).
+        bias: optional ``[V]`` LM head bias, same dtype.
+        temperature: T > 0.
+        labels: optional ``hidden.shape[:-1]`` integer tokens in ``[0, V)``; ``-100`` is ignored
+            (log-prob 0, no gradient).
+        chunk_size: rows per chunk; ``None`` picks about ``2**24 / V`` rows (64 MiB of float32 logits
+            per chunk, a multiple of 16 rows). The logits matmul runs in the input dtype; the entropy,
+            lse and the summed weight/bias gradients are accumulated in float32 (float64 for float64).
+
+    Returns:
+        ``entropy`` of shape ``hidden.shape[:-1]`` (float32 for bfloat16/float16 inputs, otherwise the
+        input dtype), or ``(entropy, label_logprobs)`` when ``labels`` is given. Differentiable with
+        respect to ``hidden``, ``weight`` and ``bias`` (closed-form, once differentiable).
+
+    Raises:
+        TypeError / ValueError for mismatched shapes or dtypes, T <= 0, ``chunk_size < 1`` or labels
+        out of range; ValueError when the logits contain NaN or +inf.
+    """
+    _check_inputs(hidden, weight, bias, labels, temperature, chunk_size)
+    temperature = float(temperature)
+    leading = hidden.shape[:-1]
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    flat_labels = None if labels is None else labels.reshape(-1).to(torch.int64)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(weight.shape[0])
+    grad_wanted = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
+    )
+    if grad_wanted:
+        outputs = _LinearTokenEntropy.apply(rows, weight, bias, flat_labels, temperature, chunk_size)
+        entropy, logprobs = (outputs, None) if labels is None else outputs
+    else:
+        entropy, _, logprobs = _forward_rows(rows, weight, bias, flat_labels, temperature, chunk_size)
+    entropy = entropy.reshape(leading)
+    if labels is None:
+        return entropy
+    return entropy, logprobs.reshape(leading)
