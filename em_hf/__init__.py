@@ -19,6 +19,7 @@ _EXPORTS = {
     "TokenEntropyRecorder": "em_hf.generation",
     "token_entropy": "em_hf.ops",
     "entropy_grad": "em_hf.ops",
+    "linear_token_entropy": "em_hf.ops",
     "load_model": "em_hf.models",
     "load_default_model": "em_hf.models",
 }
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loade
         TokenEntropyRecorder,
     )
     from em_hf.models import load_default_model, load_model  # noqa: F401
-    from em_hf.ops import entropy_grad, token_entropy  # noqa: F401
+    from em_hf.ops import entropy_grad, linear_token_entropy, token_entropy  # noqa: F401
 
 
 def __getattr__(name: str):

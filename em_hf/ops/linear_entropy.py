@@ -57,10 +57,12 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 def _label_logprobs(
     logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """log softmax(z / T)[y] per row in the accumulation dtype; 0 where y == IGNORE_INDEX."""
+    """log softmax(z / T)[y] per row in the accumulation dtype; 0 where y == IGNORE_INDEX, -inf in a
+    row whose logits are all -inf (no mass: every token has probability 0)."""
     valid = labels != IGNORE_INDEX
     safe = torch.where(valid, labels, torch.zeros_like(labels))
     picked = logits.gather(1, safe[:, None]).squeeze(1).to(lse.dtype) / temperature - lse
+    picked = torch.where(torch.isfinite(lse), picked, torch.full_like(picked, -math.inf))
     return torch.where(valid, picked, torch.zeros_like(picked))
 
 
@@ -122,9 +124,7 @@ class _LinearTokenEntropy(torch.autograd.Function):
         grad_hidden = torch.zeros_like(hidden, memory_format=torch.contiguous_format) if need_hidden else None
         # grad_W and grad_b sum over every chunk: accumulate in float32 (float64) so that half-precision
         # inputs are rounded once at the end, not once per chunk.
-        grad_weight = (
-            torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight else None
-        )
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_bias else None
         if (grad_entropy is None and grad_logprobs is None) or rows == 0:
             return _finish(grad_hidden, grad_weight, grad_bias, weight, bias)
@@ -146,12 +146,14 @@ class _LinearTokenEntropy(torch.autograd.Function):
                 grad_logits = torch.zeros_like(logits)
             if grad_logprobs is not None:
                 chunk_labels = labels[start:end]
-                valid = chunk_labels != IGNORE_INDEX
+                chunk_lse = lse[start:end]
+                # A row whose logits are all -inf (lse = -inf) has p = 0 and, like the entropy, gets no
+                # gradient; it is shifted by 0, not by -inf (which would give NaN).
+                has_mass = torch.isfinite(chunk_lse)
+                valid = (chunk_labels != IGNORE_INDEX) & has_mass
                 scale = torch.where(valid, grad_logprobs[start:end].to(acc), 0.0) / temperature
                 # (onehot - p) / T * grad_lp, with p = exp(z / T - lse), computed in place in `logits`.
-                # A row whose logits are all -inf (lse = -inf) has p = 0: shift it by 0, not by -inf.
-                chunk_lse = lse[start:end]
-                shift = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.zeros_like(chunk_lse))
+                shift = torch.where(has_mass, chunk_lse, torch.zeros_like(chunk_lse))
                 probs = logits.div_(temperature).sub_(shift[:, None]).exp_()
                 grad_logits.sub_(probs.mul_(scale[:, None]))
                 safe = torch.where(valid, chunk_labels, torch.zeros_like(chunk_labels))

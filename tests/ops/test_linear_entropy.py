@@ -162,6 +162,23 @@ def test_masked_tokens_with_minus_inf_bias_drop_out():
     assert torch.equal(grad_weight[drop], torch.zeros(4, 8, dtype=torch.float64))
 
 
+def test_rows_without_mass_get_zero_entropy_and_no_gradient():
+    # A bias of -inf everywhere masks every token: no row has a distribution. Entropy 0 (as in
+    # token_entropy), label log-prob -inf (0 when ignored), and zero (never NaN) gradients.
+    hidden, weight, _, _, _, _ = make_inputs(shape=(4,), vocab=6, seed=12)
+    bias = torch.full((6,), -math.inf, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([IGNORE, 2, IGNORE, 5])
+    entropy, logprobs = linear_token_entropy(
+        hidden, weight, bias, temperature=0.5, labels=labels, chunk_size=3
+    )
+    assert torch.equal(entropy, torch.zeros(4, dtype=torch.float64))
+    assert logprobs.tolist() == [0.0, -math.inf, 0.0, -math.inf]
+    loss = entropy.sum() + torch.where(labels == IGNORE, logprobs, 0).sum()
+    grads = torch.autograd.grad(loss, [hidden, weight, bias])
+    for grad in grads:
+        assert torch.equal(grad, torch.zeros_like(grad))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_inputs(dtype):
     hidden, weight, _, labels, grad_h, grad_lp = make_inputs(
