@@ -6,7 +6,8 @@
 // with Adam (torch.optim.Adam's update, same operation order) or SGD; a row stops for good as soon
 // as its entropy is <= threshold (checked before every step). Each step is ONE pass over the row:
 // the update of a block is followed at once by the statistics (max, sum exp, entropy) of the
-// updated block, which the next step needs. Rows are independent and run in parallel.
+// updated block, which the next step needs; p_orig is computed once. Rows are independent and run
+// in parallel; the working memory is 4 floats per vocabulary entry per thread.
 // adaptive_temperature: per row with H0 > threshold, bisection of tau in [tau_min, tau_max] until
 // |H(softmax(z / tau)) - max(threshold, alpha H0)| < tol or max_iter steps; returns tau (float64,
 // 1 for untouched rows).
@@ -61,12 +62,11 @@ struct AdamConfig {
 };
 
 // One optimizer step over the whole row (z, moments in place) and the statistics of the new z.
-Stats step_row(float* z, float* exp_avg, float* exp_avg_sq, const float* z_orig, float lse_orig, Stats current,
-               int64_t padded, int64_t step, const AdamConfig& cfg) {
+Stats step_row(float* z, float* exp_avg, float* exp_avg_sq, const float* p_orig, Stats current, int64_t padded,
+               int64_t step, const AdamConfig& cfg) {
   const VecF zero = vec::broadcast(0.0f);
   const VecF lse_v = vec::broadcast(current.lse);
   const VecF h_v = vec::broadcast(current.entropy);
-  const VecF lse_orig_v = vec::broadcast(lse_orig);
   const VecF kl_v = vec::broadcast(cfg.kl_weight);
   const VecF b1 = vec::broadcast(cfg.beta1), one_minus_b1 = vec::broadcast(1.0f - cfg.beta1);
   const VecF b2 = vec::broadcast(cfg.beta2), one_minus_b2 = vec::broadcast(1.0f - cfg.beta2);
@@ -83,9 +83,8 @@ Stats step_row(float* z, float* exp_avg, float* exp_avg_sq, const float* z_orig,
       const VecF zi = vec::load(z + i);
       const VecF log_p = zi - lse_v;
       const VecF p = vec::exp_nonpositive(log_p);
-      const VecF p_orig = vec::exp_nonpositive(vec::load(z_orig + i) - lse_orig_v);
       VecF g = p > zero ? -(p * (log_p + h_v)) : zero;
-      g += kl_v * (p - p_orig);
+      g += kl_v * (p - vec::load(p_orig + i));
       VecF updated;
       if (cfg.adam) {
         VecF m = vec::load(exp_avg + i);
@@ -94,9 +93,7 @@ Stats step_row(float* z, float* exp_avg, float* exp_avg_sq, const float* z_orig,
         v = v * b2 + one_minus_b2 * g * g;
         vec::store(exp_avg + i, m);
         vec::store(exp_avg_sq + i, v);
-        VecF sq;
-        for (int k = 0; k < kLanes; ++k) sq[k] = std::sqrt(v[k]);
-        const VecF denom = sq * inv_bias2_sqrt + eps;
+        const VecF denom = vec::vsqrt(v) * inv_bias2_sqrt + eps;
         updated = zi - step_size * (m / denom);
       } else {
         updated = zi - lr * g;
@@ -117,23 +114,25 @@ void em_inf_row(const scalar_t* in, scalar_t* out, int64_t vocab, float threshol
                 const AdamConfig& cfg, std::vector<float>& work) {
   const int64_t padded = padded_size(vocab);
   work.resize(4 * padded);
-  float* z_orig = work.data();
-  float* z = z_orig + padded;
-  float* exp_avg = z + padded;
+  float* z = work.data();
+  float* p_orig = z + padded;
+  float* exp_avg = p_orig + padded;
   float* exp_avg_sq = exp_avg + padded;
-  for (int64_t i = 0; i < vocab; ++i) z_orig[i] = static_cast<float>(in[i]);
-  for (int64_t i = vocab; i < padded; ++i) z_orig[i] = kNegInf;
-  Stats current = stats_of(z_orig, padded);
+  for (int64_t i = 0; i < vocab; ++i) z[i] = static_cast<float>(in[i]);
+  for (int64_t i = vocab; i < padded; ++i) z[i] = kNegInf;
+  Stats current = stats_of(z, padded);
   if (!(current.entropy > threshold)) {  // at or below the threshold (or NaN, caught by the caller)
     if (in != out) std::copy(in, in + vocab, out);
     return;
   }
-  const float lse_orig = current.lse;
-  std::copy(z_orig, z_orig + padded, z);
+  // p_orig is stored once rather than recomputed (one exp per entry saved at every step).
+  const VecF lse_orig = vec::broadcast(current.lse);
+  for (int64_t i = 0; i < padded; i += kLanes)
+    vec::store(p_orig + i, vec::exp_nonpositive(vec::load(z + i) - lse_orig));
   std::fill(exp_avg, exp_avg + 2 * padded, 0.0f);
   for (int64_t step = 1; step <= n_steps; ++step) {
     if (!(current.entropy > threshold)) break;
-    current = step_row(z, exp_avg, exp_avg_sq, z_orig, lse_orig, current, padded, step, cfg);
+    current = step_row(z, exp_avg, exp_avg_sq, p_orig, current, padded, step, cfg);
   }
   for (int64_t i = 0; i < vocab; ++i) out[i] = static_cast<scalar_t>(z[i]);
 }

@@ -7,6 +7,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace em_hf {
 namespace vec {
 
@@ -41,6 +45,17 @@ inline float hmax(VecF v) {
   return m;
 }
 inline VecF vmax(VecF a, VecF b) { return a > b ? a : b; }
+
+inline VecF vsqrt(VecF v) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<VecF>(_mm512_sqrt_ps(reinterpret_cast<__m512>(v)));
+#elif defined(__AVX__)
+  return reinterpret_cast<VecF>(_mm256_sqrt_ps(reinterpret_cast<__m256>(v)));
+#else
+  for (int i = 0; i < kLanes; ++i) v[i] = std::sqrt(v[i]);
+  return v;
+#endif
+}
 
 // exp(x) for x <= 0 (and NaN), with relative error below 2e-7: x = n ln2 + r, |r| <= ln2/2,
 // exp(r) by its degree-6 Taylor polynomial, 2^n built in the exponent bits. x below -87.3 gives 0
