@@ -7,7 +7,8 @@ Build ahead of time with ``em-hf build-ops``.
 
 The environment variable ``EM_HF_ENTROPY_BACKEND`` chooses the implementation:
 ``auto`` (default: the compiled kernels when they build, else the chunked PyTorch path with one
-warning), ``torch`` (never compile), or ``cpp`` (the kernels or an error).
+warning), ``torch`` (never compile), or ``cpp`` (the kernels or an error). The CPU kernels are
+always built; the CUDA kernels too where torch is a CUDA build and the CUDA toolkit is found.
 """
 
 from __future__ import annotations
@@ -25,10 +26,19 @@ BACKEND_ENV = "EM_HF_ENTROPY_BACKEND"
 _CHOICES = ("auto", "torch", "cpp")
 _CSRC = Path(__file__).parent / "csrc"
 _CPU_SOURCES = ("entropy_cpu.cpp", "em_inf_cpu.cpp")
+# Built only where torch is a CUDA build and the CUDA toolkit is found (see _with_cuda).
+_CUDA_SOURCES = ("entropy_cuda.cpp", "entropy_cuda_kernels.cu")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _lock = threading.Lock()
-_state: dict[str, object] = {"loaded": False, "error": None, "warned": False}
+_state: dict[str, object] = {"loaded": False, "error": None, "warned": False, "cuda": False}
+
+
+def _with_cuda() -> bool:
+    from torch.utils import cpp_extension
+
+    # CUDA_HOME is None when no toolkit is found; torch.version.cuda is None for a CPU build of torch.
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
 def _requested() -> str:
@@ -39,20 +49,27 @@ def _requested() -> str:
 
 
 def build(verbose: bool = False) -> None:
-    """Compile (or load from torch's extension cache) the CPU kernels; raises on failure."""
+    """Compile (or load from torch's extension cache) the kernels; raises on failure. The CUDA
+    kernels are included when torch is a CUDA build and the CUDA toolkit is installed (their
+    architectures follow ``TORCH_CUDA_ARCH_LIST``, else the visible GPU)."""
     with _lock:
         if _state["loaded"]:
             return
         from torch.utils import cpp_extension  # imported here: it is slow and only needed to build
 
+        with_cuda = _with_cuda()
+        names = _CPU_SOURCES + (_CUDA_SOURCES if with_cuda else ())
         cpp_extension.load(
-            name="em_hf_entropy_cpu",
-            sources=[str(_CSRC / name) for name in _CPU_SOURCES],
+            name="em_hf_entropy_cuda" if with_cuda else "em_hf_entropy_cpu",  # separate cache entries
+            sources=[str(_CSRC / name) for name in names],
             extra_cflags=["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"],
+            extra_cuda_cflags=["-O3", "-std=c++17"],
             extra_ldflags=["-fopenmp"],
+            with_cuda=with_cuda,
             is_python_module=False,
             verbose=verbose,
         )
+        _state["cuda"] = with_cuda
         _state["loaded"] = True
 
 
@@ -87,15 +104,21 @@ def kernels_available() -> bool:
 
 
 def use_kernels(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` (2-D logits) goes to the compiled kernels: a CPU float32/bf16/fp16 tensor
-    while the kernels are available."""
-    return tensor.device.type == "cpu" and tensor.dtype in _KERNEL_DTYPES and kernels_available()
+    """Whether ``tensor`` (logits) goes to the compiled kernels: a float32/bf16/fp16 tensor on the
+    CPU, or on a CUDA device when the CUDA kernels were built, while the kernels are available."""
+    if tensor.dtype not in _KERNEL_DTYPES or tensor.device.type not in ("cpu", "cuda"):
+        return False
+    if not kernels_available():
+        return False
+    return tensor.device.type == "cpu" or bool(_state["cuda"])
 
 
 def backend(device: str | torch.device = "cpu") -> str:
-    """The implementation that ``em_hf.ops`` uses on ``device``: ``"cpp"`` (compiled CPU kernels)
-    or ``"torch"`` (chunked PyTorch). CUDA tensors use ``"torch"`` until the CUDA kernels are
-    built for this installation."""
-    if torch.device(device).type == "cpu" and kernels_available():
+    """The implementation that ``em_hf.ops`` uses on ``device``: ``"cpp"`` (compiled CPU kernels),
+    ``"cuda"`` (compiled CUDA kernels) or ``"torch"`` (chunked PyTorch)."""
+    kind = torch.device(device).type
+    if kind == "cpu" and kernels_available():
         return "cpp"
+    if kind == "cuda" and kernels_available() and _state["cuda"]:
+        return "cuda"
     return "torch"

@@ -172,7 +172,9 @@ def test_backend_environment_variable(monkeypatch):
 def test_build_failure_falls_back_with_one_warning(monkeypatch):
     use_backend(monkeypatch, "auto")
     monkeypatch.setattr(
-        extension, "_state", {"loaded": False, "error": OSError("no compiler"), "warned": False}
+        extension,
+        "_state",
+        {"loaded": False, "error": OSError("no compiler"), "warned": False, "cuda": False},
     )
     logits = torch.randn(3, 10)
     with pytest.warns(RuntimeWarning, match="no compiler"):
