@@ -69,6 +69,9 @@ def build(verbose: bool = False) -> None:
             is_python_module=False,
             verbose=verbose,
         )
+        from em_hf.ops._registration import register_python_parts
+
+        register_python_parts()
         _state["cuda"] = with_cuda
         _state["loaded"] = True
 

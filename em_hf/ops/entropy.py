@@ -143,11 +143,12 @@ def entropy_grad(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
 
 
 class _TokenEntropy(torch.autograd.Function):
-    """H(softmax(z/T)) with the closed-form backward; saves the logits and two floats per row."""
+    """The PyTorch fallback of ``em_hf::entropy_forward`` with its autograd: the closed-form
+    backward, saving the logits and two floats per row."""
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, temperature: float) -> torch.Tensor:
-        entropy, lse = entropy_forward(rows, temperature)
+        entropy, lse = entropy_forward_torch(rows, temperature)
         ctx.save_for_backward(rows, entropy, lse)
         ctx.temperature = temperature
         return entropy
@@ -156,7 +157,7 @@ class _TokenEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_entropy: torch.Tensor) -> tuple[torch.Tensor, None]:
         rows, entropy, lse = ctx.saved_tensors
-        return entropy_backward(grad_entropy.contiguous(), rows, entropy, lse, ctx.temperature), None
+        return entropy_backward_torch(grad_entropy.contiguous(), rows, entropy, lse, ctx.temperature), None
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -180,9 +181,11 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     _check_logits(logits)
     _check_temperature(temperature)
     rows = _as_rows(logits)
-    if logits.requires_grad and torch.is_grad_enabled():
+    if use_kernels(rows):
+        entropy = torch.ops.em_hf.entropy_forward(rows, float(temperature))[0]  # autograd registered
+    elif logits.requires_grad and torch.is_grad_enabled():
         entropy = _TokenEntropy.apply(rows, float(temperature))
     else:
-        entropy, _ = entropy_forward(rows, float(temperature))
+        entropy, _ = entropy_forward_torch(rows, float(temperature))
     _raise_if_undefined(entropy)
     return entropy.reshape(logits.shape[:-1])

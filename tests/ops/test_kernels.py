@@ -188,3 +188,28 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
     use_backend(monkeypatch, "cpp")
     with pytest.raises(RuntimeError, match="failed to build"):
         token_entropy(logits)
+
+
+def test_op_autograd_includes_the_lse_output(kernels):
+    logits = (torch.randn(4, 70, generator=torch.Generator().manual_seed(5)) * 3).requires_grad_(True)
+    entropy, lse = kernels.entropy_forward(logits, 0.7)
+    (entropy * torch.arange(1.0, 5.0)).sum().add(2 * lse.sum()).backward()
+    z = logits.detach().double().requires_grad_(True)
+    log_p = torch.log_softmax(z / 0.7, dim=-1)
+    expected = (-(log_p.exp() * log_p).sum(-1) * torch.arange(1.0, 5.0, dtype=torch.float64)).sum()
+    (expected + 2 * torch.logsumexp(z / 0.7, dim=-1).sum()).backward()
+    torch.testing.assert_close(logits.grad.double(), z.grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("entropy_forward", (torch.randn(3, 40, requires_grad=True), 0.7)),
+        ("entropy_backward", (torch.ones(3), torch.randn(3, 40), torch.ones(3), torch.zeros(3), 1.0)),
+        ("em_inf", (torch.randn(3, 40), 0.3, 3, 0.1, 0.001, True, 0.9, 0.999, 1e-8)),
+        ("adaptive_temperature", (torch.randn(3, 40), 0.85, 0.3, 0.01, 1.0, 100, 0.1)),
+    ],
+)
+def test_custom_ops_pass_torch_opcheck(kernels, op, args):
+    """Schema, fake (meta) implementation and registered autograd are consistent (torch.compile-ready)."""
+    torch.library.opcheck(getattr(kernels, op).default, args)
