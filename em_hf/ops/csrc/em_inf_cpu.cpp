@@ -29,18 +29,6 @@ using vec::VecF;
 
 namespace {
 
-constexpr int64_t kBlock = 2048;
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-void check_logits(const at::Tensor& logits, const char* op) {
-  TORCH_CHECK(logits.device().is_cpu(), op, ": expected a CPU tensor");
-  TORCH_CHECK(logits.dim() == 2, op, ": expected 2-D logits [rows, vocab], got ", logits.dim(), "-D");
-  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
-                  logits.scalar_type() == at::kHalf,
-              op, ": logits must be float32, bfloat16 or float16, got ", logits.scalar_type());
-  TORCH_CHECK(logits.size(1) > 0, op, ": the vocabulary dimension is empty");
-}
-
 int64_t padded_size(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
 struct Stats {
@@ -141,7 +129,7 @@ void em_inf_row(const scalar_t* in, scalar_t* out, int64_t vocab, float threshol
 
 at::Tensor em_inf_cpu(const at::Tensor& logits_in, double threshold, int64_t n_steps, double lr, double kl_weight,
                       bool adam, double beta1, double beta2, double eps) {
-  check_logits(logits_in, "em_hf::em_inf");
+  check_cpu_logits(logits_in, "em_hf::em_inf");
   TORCH_CHECK(n_steps >= 1, "em_hf::em_inf: n_steps must be >= 1");
   const at::Tensor logits = logits_in.contiguous();
   const int64_t rows = logits.size(0), vocab = logits.size(1);
@@ -162,7 +150,7 @@ at::Tensor em_inf_cpu(const at::Tensor& logits_in, double threshold, int64_t n_s
 
 at::Tensor adaptive_temperature_cpu(const at::Tensor& logits_in, double alpha, double threshold, double tau_min,
                                     double tau_max, int64_t max_iter, double tol) {
-  check_logits(logits_in, "em_hf::adaptive_temperature");
+  check_cpu_logits(logits_in, "em_hf::adaptive_temperature");
   const at::Tensor logits = logits_in.contiguous();
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   at::Tensor tau = at::ones({rows}, logits.options().dtype(at::kDouble));

@@ -31,9 +31,6 @@ using vec::VecF;
 
 namespace {
 
-constexpr int64_t kBlock = 2048;  // floats per block: 8 KiB, stays in L1
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
 // Load `count` logits into `out` as float32 scaled by inv_t; pad to a multiple of kLanes with -inf.
 template <typename scalar_t>
 inline int64_t load_block(const scalar_t* src, int64_t count, float inv_t, float* out) {
@@ -97,15 +94,6 @@ void backward_row(const scalar_t* row, int64_t vocab, float inv_t, float grad_h,
   }
 }
 
-void check_logits(const at::Tensor& logits, const char* op) {
-  TORCH_CHECK(logits.device().is_cpu(), op, ": expected a CPU tensor");
-  TORCH_CHECK(logits.dim() == 2, op, ": expected 2-D logits [rows, vocab], got ", logits.dim(), "-D");
-  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
-                  logits.scalar_type() == at::kHalf,
-              op, ": logits must be float32, bfloat16 or float16, got ", logits.scalar_type());
-  TORCH_CHECK(logits.size(1) > 0, op, ": the vocabulary dimension is empty");
-}
-
 // The gradient is a fresh [R, V] buffer: first-touch page faults on 4 KiB pages cost about as much
 // as computing it (~2 GB/s here). Ask Linux for transparent huge pages on it before the first write
 // (a no-op where THP is off; torch itself does this only under THP_MEM_ALLOC_ENABLE=1).
@@ -127,7 +115,7 @@ int64_t grain_for(int64_t vocab) { return std::max<int64_t>(1, (1 << 16) / std::
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> entropy_forward_cpu(const at::Tensor& logits_in, double temperature) {
-  check_logits(logits_in, "em_hf::entropy_forward");
+  check_cpu_logits(logits_in, "em_hf::entropy_forward");
   TORCH_CHECK(temperature > 0, "em_hf::entropy_forward: temperature must be > 0");
   const at::Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
   const int64_t rows = logits.size(0), vocab = logits.size(1), stride = logits.stride(0);
@@ -149,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor> entropy_forward_cpu(const at::Tensor& logits_
 
 at::Tensor entropy_backward_cpu(const at::Tensor& grad_entropy_in, const at::Tensor& logits_in,
                                 const at::Tensor& entropy_in, const at::Tensor& lse_in, double temperature) {
-  check_logits(logits_in, "em_hf::entropy_backward");
+  check_cpu_logits(logits_in, "em_hf::entropy_backward");
   const at::Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
   const int64_t rows = logits.size(0), vocab = logits.size(1), stride = logits.stride(0);
   TORCH_CHECK(grad_entropy_in.numel() == rows && entropy_in.numel() == rows && lse_in.numel() == rows,
