@@ -17,18 +17,19 @@ import torch
 _CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per temporary
 
 
-def _row_chunks(rows: int, vocab: int) -> range:
+def _row_chunks(rows: int, vocab: int) -> tuple[range, int]:
     step = max(1, _CHUNK_ELEMENTS // max(vocab, 1))
     return range(0, rows, step), step
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other floating dtype is accumulated in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def entropy_forward_torch(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     rows, vocab = logits.shape
-    acc = _accumulation_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     entropy = torch.empty(rows, dtype=acc, device=logits.device)
     lse = torch.empty(rows, dtype=acc, device=logits.device)
     starts, step = _row_chunks(rows, vocab)
@@ -58,7 +59,7 @@ def entropy_backward_torch(
     temperature: float,
 ) -> torch.Tensor:
     rows, vocab = logits.shape
-    acc = _accumulation_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
     starts, step = _row_chunks(rows, vocab)
     for start in starts:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from em_hf.ops._extension import use_kernels
-from em_hf.ops._torch_impl import entropy_backward_torch, entropy_forward_torch
+from em_hf.ops._torch_impl import accumulation_dtype, entropy_backward_torch, entropy_forward_torch
 
 __all__ = ["entropy_backward", "entropy_forward", "entropy_grad", "softmax_entropy", "token_entropy"]
 
@@ -33,11 +33,6 @@ class SoftmaxEntropy(NamedTuple):
     probs: torch.Tensor  # p = softmax(z / T), [..., V]
     log_probs: torch.Tensor  # log p with 0 where p == 0 (never -inf), [..., V]
     entropy: torch.Tensor  # H, [...]
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other floating dtype is accumulated in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
