@@ -20,6 +20,7 @@ _EXPORTS = {
     "token_entropy": "em_hf.ops",
     "entropy_grad": "em_hf.ops",
     "linear_token_entropy": "em_hf.ops",
+    "linear_entropy_loss": "em_hf.ops",
     "load_model": "em_hf.models",
     "load_default_model": "em_hf.models",
 }
@@ -33,7 +34,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loade
         TokenEntropyRecorder,
     )
     from em_hf.models import load_default_model, load_model  # noqa: F401
-    from em_hf.ops import entropy_grad, linear_token_entropy, token_entropy  # noqa: F401
+    from em_hf.ops import (  # noqa: F401
+        entropy_grad,
+        linear_entropy_loss,
+        linear_token_entropy,
+        token_entropy,
+    )
 
 
 def __getattr__(name: str):

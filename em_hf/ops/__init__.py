@@ -9,7 +9,7 @@ from em_hf.ops.entropy import (
     softmax_entropy,
     token_entropy,
 )
-from em_hf.ops.linear_entropy import linear_token_entropy
+from em_hf.ops.linear_entropy import linear_entropy_loss, linear_token_entropy
 
 __all__ = [
     "SoftmaxEntropy",
@@ -17,6 +17,7 @@ __all__ = [
     "entropy_backward",
     "entropy_forward",
     "entropy_grad",
+    "linear_entropy_loss",
     "linear_token_entropy",
     "softmax_entropy",
     "token_entropy",

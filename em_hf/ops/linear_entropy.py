@@ -28,7 +28,7 @@ import torch
 
 from em_hf.ops.entropy import entropy_backward, entropy_forward
 
-__all__ = ["DEFAULT_CHUNK_ELEMENTS", "IGNORE_INDEX", "linear_token_entropy"]
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "IGNORE_INDEX", "linear_entropy_loss", "linear_token_entropy"]
 
 IGNORE_INDEX = -100
 # Default chunk: about 2**24 logits (64 MiB of float32) per chunk of rows.
@@ -310,3 +310,95 @@ def linear_token_entropy(
     if labels is None:
         return entropy
     return entropy, logprobs.reshape(leading)
+
+
+class _LinearEntropyLoss(torch.autograd.Function):
+    """sum_r w_r H_r with the gradients computed chunk by chunk in the forward pass (the loss is a
+    scalar, so backward only scales them by grad_output): no logits are recomputed."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, token_weights, temperature, chunk_size):
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        rows, dtype = hidden.shape[0], hidden.dtype
+        acc = _acc_dtype(dtype)
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden, memory_format=torch.contiguous_format) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_bias else None
+        finite = True
+        for start in range(0, rows, chunk_size):
+            end = min(start + chunk_size, rows)
+            hidden_chunk = hidden[start:end]
+            logits = _chunk_logits(hidden_chunk, weight, bias)
+            entropy, lse = entropy_forward(logits, temperature)
+            finite = finite and bool(torch.isfinite(entropy).all())
+            chunk_weights = token_weights[start:end].to(acc).contiguous()
+            total += (chunk_weights * entropy).sum()
+            if not (need_hidden or need_weight or need_bias):
+                continue
+            grad_logits = entropy_backward(chunk_weights, logits.to(acc), entropy, lse, temperature)
+            del logits
+            if need_hidden:
+                torch.mm(grad_logits.to(dtype), weight, out=grad_hidden[start:end])
+            if need_weight:
+                grad_weight.addmm_(grad_logits.T, hidden_chunk.to(acc))
+            if need_bias:
+                grad_bias.add_(grad_logits.sum(dim=0))
+        if not finite:
+            raise ValueError(
+                "`hidden @ weight.T + bias` contains NaN or +inf, for which the entropy is undefined; check "
+                "`hidden`, `weight` and `bias` for non-finite values (mask tokens with a -inf bias instead)."
+            )
+        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
+        ctx.present = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
+        ctx.dtypes = (dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        saved = iter(ctx.saved_tensors)
+        grads = []
+        for present, dtype in zip(ctx.present, ctx.dtypes, strict=True):
+            grads.append((next(saved) * grad_output).to(dtype) if present else None)
+        return (*grads, None, None, None)
+
+
+def linear_entropy_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    token_weights: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The weighted entropy loss  L = sum_r w_r H_r  from the LM head, gradients computed in forward.
+
+    With z = hidden @ weight.T + bias, H_r the entropy of softmax(z_r / T) (see
+    :func:`linear_token_entropy`) and ``token_weights`` w (e.g. completion mask / number of
+    completion tokens, which gives the EM-FT loss "mean token entropy over generated positions",
+    paper 1 sec. 3.1). Because the weights are known in the forward pass, each chunk's gradient
+    dL/dz = w_r dH_r/dz is formed right after its logits and turned into the hidden/weight/bias
+    gradients at once; backward only scales them by the incoming scalar gradient. That is the same
+    three matmuls as ``(w * token_entropy(hidden @ weight.T + b)).sum()``, with peak extra memory
+    growing with ``chunk_size x V`` (plus a ``[V, D]`` float32 weight gradient) instead of
+    ``rows x V``. Gradients are computed only for inputs that require them.
+
+    Returns a 0-dim tensor (float32 for bfloat16/float16 inputs).
+    """
+    _check_inputs(hidden, weight, bias, None, temperature, chunk_size)
+    if not isinstance(token_weights, torch.Tensor) or token_weights.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"`token_weights` must be a tensor of shape hidden.shape[:-1] = {tuple(hidden.shape[:-1])}, got "
+            f"{getattr(token_weights, 'shape', type(token_weights).__name__)}."
+        )
+    if not bool(torch.isfinite(token_weights).all()):
+        raise ValueError("`token_weights` contains NaN or inf.")
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    if chunk_size is None:
+        chunk_size = default_chunk_size(weight.shape[0])
+    flat_weights = token_weights.reshape(-1)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
+        return _LinearEntropyLoss.apply(rows, weight, bias, flat_weights, float(temperature), chunk_size)
+    with torch.no_grad():
+        return _LinearEntropyLoss.apply(rows, weight, bias, flat_weights, float(temperature), chunk_size)

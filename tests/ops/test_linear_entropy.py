@@ -379,3 +379,66 @@ def test_errors(kwargs, error, match):
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         linear_token_entropy(**arguments)
+
+
+# --- linear_entropy_loss: sum_r w_r H_r with the gradients formed in the forward pass -------------
+
+
+def _naive_weighted_loss(hidden, weight, bias, token_weights, temperature):
+    logits = hidden.double() @ weight.double().T
+    if bias is not None:
+        logits = logits + bias.double()
+    log_p = torch.log_softmax(logits / temperature, dim=-1)
+    return (token_weights.double() * -(log_p.exp() * log_p).sum(-1)).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("chunk_size", [1, 7, 100])
+def test_linear_entropy_loss_matches_the_full_computation(dtype, chunk_size):
+    from em_hf.ops.linear_entropy import linear_entropy_loss
+
+    generator = torch.Generator().manual_seed(11)
+    hidden = torch.randn(3, 13, 16, generator=generator, dtype=dtype).requires_grad_(True)
+    weight = (torch.randn(40, 16, generator=generator, dtype=dtype) * 2).requires_grad_(True)
+    bias = torch.randn(40, generator=generator, dtype=dtype).requires_grad_(True)
+    token_weights = (torch.rand(3, 13, generator=generator) > 0.3).to(dtype) / 10
+    loss = linear_entropy_loss(hidden, weight, token_weights, bias, temperature=0.5, chunk_size=chunk_size)
+    (3 * loss).backward()
+    inputs = [t.detach().double().requires_grad_(True) for t in (hidden, weight, bias)]
+    expected = _naive_weighted_loss(*inputs, token_weights, 0.5)
+    (3 * expected).backward()
+    tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
+    torch.testing.assert_close(loss.double(), expected.detach(), **tol)
+    for got, ref in zip((hidden, weight, bias), inputs, strict=True):
+        assert got.grad.dtype == dtype
+        torch.testing.assert_close(got.grad.double(), ref.grad, **tol)
+
+
+def test_linear_entropy_loss_frozen_head_and_no_grad():
+    from em_hf.ops.linear_entropy import linear_entropy_loss
+
+    generator = torch.Generator().manual_seed(12)
+    hidden = torch.randn(20, 8, generator=generator).requires_grad_(True)
+    weight = torch.randn(30, 8, generator=generator)  # frozen LM head (LoRA-style training)
+    token_weights = torch.full((20,), 0.05)
+    linear_entropy_loss(hidden, weight, token_weights, chunk_size=6).backward()
+    assert weight.grad is None
+    reference = hidden.detach().clone().requires_grad_(True)
+    _naive_weighted_loss(reference, weight, None, token_weights, 1.0).backward()
+    torch.testing.assert_close(hidden.grad, reference.grad, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        value = linear_entropy_loss(hidden, weight, token_weights)
+    assert not value.requires_grad
+    torch.testing.assert_close(
+        value.double(), _naive_weighted_loss(hidden.detach(), weight, None, token_weights, 1.0)
+    )
+
+
+def test_linear_entropy_loss_bad_weights():
+    from em_hf.ops.linear_entropy import linear_entropy_loss
+
+    hidden, weight = torch.randn(4, 8), torch.randn(10, 8)
+    with pytest.raises(ValueError, match="token_weights"):
+        linear_entropy_loss(hidden, weight, torch.ones(5))
+    with pytest.raises(ValueError, match="token_weights"):
+        linear_entropy_loss(hidden, weight, torch.tensor([1.0, float("nan"), 1.0, 1.0]))
