@@ -31,8 +31,10 @@ from em_hf.ops.entropy import entropy_backward, entropy_forward
 __all__ = ["DEFAULT_CHUNK_ELEMENTS", "IGNORE_INDEX", "linear_entropy_loss", "linear_token_entropy"]
 
 IGNORE_INDEX = -100
-# Default chunk: about 2**24 logits (64 MiB of float32) per chunk of rows.
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
+# Default chunk: about 3 * 2**24 logits (192 MiB of float32) per chunk of rows, 1024 rows at a
+# 49,152 vocabulary: large enough that the chunked matmuls run near the speed of one big matmul
+# (measured: 1.10x naive's time with linear_entropy_loss, against 1.25x with 336-row chunks).
+DEFAULT_CHUNK_ELEMENTS = 3 << 24
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -278,7 +280,7 @@ def linear_token_entropy(
         temperature: T > 0.
         labels: optional ``hidden.shape[:-1]`` integer tokens in ``[0, V)``; ``-100`` is ignored
             (log-prob 0, no gradient).
-        chunk_size: rows per chunk; ``None`` picks about ``2**24 / V`` rows (64 MiB of float32 logits
+        chunk_size: rows per chunk; ``None`` picks about ``3 * 2**24 / V`` rows (192 MiB of float32 logits
             per chunk, a multiple of 16 rows). The logits matmul runs in the input dtype; the entropy,
             lse and the summed weight/bias gradients are accumulated in float32 (float64 for float64).
 

@@ -338,10 +338,11 @@ def test_memory_never_holds_rows_times_vocab():
 
 
 def test_default_chunk_size():
-    assert default_chunk_size(49152) == 336  # 2**24 // 49152 = 341 rows, rounded down to 16
-    assert default_chunk_size(2**25) == 1
-    assert default_chunk_size(128) == 2**17
-    assert default_chunk_size(2**24 // 10) == 10
+    assert default_chunk_size(49152) == 1024  # 3 * 2**24 // 49152 = 1024 rows, a multiple of 16
+    assert default_chunk_size(151936) == 320  # 331 rows, rounded down to 16
+    assert default_chunk_size(2**27) == 1
+    assert default_chunk_size(128) == 3 * 2**17
+    assert default_chunk_size(3 * 2**24 // 10) == 10
 
 
 @pytest.mark.parametrize(
