@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from em_hf.ops._torch_impl import accumulation_dtype
 from em_hf.ops.entropy import entropy_backward, entropy_forward
 
 __all__ = ["DEFAULT_CHUNK_ELEMENTS", "IGNORE_INDEX", "linear_entropy_loss", "linear_token_entropy"]
@@ -36,10 +37,6 @@ IGNORE_INDEX = -100
 # (measured: 1.10x naive's time with linear_entropy_loss, against 1.25x with 336-row chunks).
 DEFAULT_CHUNK_ELEMENTS = 3 << 24
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def default_chunk_size(vocab: int) -> int:
@@ -68,6 +65,34 @@ def _label_logprobs(
     return torch.where(valid, picked, torch.zeros_like(picked))
 
 
+def _raise_if_undefined(finite: bool) -> None:
+    if not finite:
+        raise ValueError(
+            "`hidden @ weight.T + bias` contains NaN or +inf, for which the entropy is undefined; check "
+            "`hidden`, `weight` and `bias` for non-finite values (mask tokens with a -inf bias instead)."
+        )
+
+
+def _grad_buffers(hidden, weight, bias, need_hidden: bool, need_weight: bool, need_bias: bool):
+    """Zeroed gradient buffers. grad_W and grad_b sum over every chunk: they are accumulated in
+    float32 (float64) so that half-precision inputs are rounded once at the end, not once per chunk."""
+    acc = accumulation_dtype(hidden.dtype)
+    grad_hidden = torch.zeros_like(hidden, memory_format=torch.contiguous_format) if need_hidden else None
+    grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
+    grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_bias else None
+    return grad_hidden, grad_weight, grad_bias
+
+
+def _add_chunk_grads(grad_logits, hidden_chunk, weight, grad_hidden_rows, grad_weight, grad_bias) -> None:
+    """grad_h = grad_z @ W (written into this chunk's rows), grad_W += grad_z.T @ h, grad_b += sum grad_z."""
+    if grad_hidden_rows is not None:
+        torch.mm(grad_logits.to(hidden_chunk.dtype), weight, out=grad_hidden_rows)
+    if grad_weight is not None:
+        grad_weight.addmm_(grad_logits.T, hidden_chunk.to(grad_weight.dtype))
+    if grad_bias is not None:
+        grad_bias.add_(grad_logits.sum(dim=0))
+
+
 def _forward_rows(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -78,7 +103,7 @@ def _forward_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(H, lse, label log-probs or None) for 2-D ``hidden`` [N, D], one chunk of rows at a time."""
     rows = hidden.shape[0]
-    acc = _acc_dtype(hidden.dtype)
+    acc = accumulation_dtype(hidden.dtype)
     entropy = torch.empty(rows, dtype=acc, device=hidden.device)
     lse = torch.empty(rows, dtype=acc, device=hidden.device)
     logprobs = None if labels is None else torch.empty(rows, dtype=acc, device=hidden.device)
@@ -91,11 +116,7 @@ def _forward_rows(
         if logprobs is not None:
             logprobs[start:end] = _label_logprobs(logits, labels[start:end], chunk_lse, temperature)
         del logits
-    if not bool(torch.isfinite(entropy).all()):
-        raise ValueError(
-            "`hidden @ weight.T + bias` contains NaN or +inf, for which the entropy is undefined; check "
-            "`hidden`, `weight` and `bias` for non-finite values (mask tokens with a -inf bias instead)."
-        )
+    _raise_if_undefined(bool(torch.isfinite(entropy).all()))
     return entropy, lse, logprobs
 
 
@@ -117,17 +138,12 @@ class _LinearTokenEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_entropy, grad_logprobs=None):
         hidden, weight, bias, labels, entropy, lse = ctx.saved_tensors
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         temperature, chunk_size = ctx.temperature, ctx.chunk_size
         if labels is None:
             grad_logprobs = None
         rows, dtype = hidden.shape[0], hidden.dtype
-        acc = _acc_dtype(dtype)
-        grad_hidden = torch.zeros_like(hidden, memory_format=torch.contiguous_format) if need_hidden else None
-        # grad_W and grad_b sum over every chunk: accumulate in float32 (float64) so that half-precision
-        # inputs are rounded once at the end, not once per chunk.
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_bias else None
+        acc = accumulation_dtype(dtype)
+        grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, *ctx.needs_input_grad[:3])
         if (grad_entropy is None and grad_logprobs is None) or rows == 0:
             return _finish(grad_hidden, grad_weight, grad_bias, weight, bias)
 
@@ -161,12 +177,8 @@ class _LinearTokenEntropy(torch.autograd.Function):
                 safe = torch.where(valid, chunk_labels, torch.zeros_like(chunk_labels))
                 grad_logits.scatter_add_(1, safe[:, None], scale[:, None])
             del logits
-            if need_hidden:
-                torch.mm(grad_logits.to(dtype), weight, out=grad_hidden[start:end])
-            if need_weight:
-                grad_weight.addmm_(grad_logits.T, hidden_chunk.to(acc))
-            if need_bias:
-                grad_bias.add_(grad_logits.sum(dim=0))
+            grad_rows = None if grad_hidden is None else grad_hidden[start:end]
+            _add_chunk_grads(grad_logits, hidden_chunk, weight, grad_rows, grad_weight, grad_bias)
         return _finish(grad_hidden, grad_weight, grad_bias, weight, bias)
 
 
@@ -322,35 +334,26 @@ class _LinearEntropyLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, token_weights, temperature, chunk_size):
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         rows, dtype = hidden.shape[0], hidden.dtype
-        acc = _acc_dtype(dtype)
+        acc = accumulation_dtype(dtype)
         total = torch.zeros((), dtype=acc, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden, memory_format=torch.contiguous_format) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_bias else None
-        finite = True
+        grad_hidden, grad_weight, grad_bias = _grad_buffers(
+            hidden, weight, bias, need_hidden, need_weight, need_bias
+        )
         for start in range(0, rows, chunk_size):
             end = min(start + chunk_size, rows)
             hidden_chunk = hidden[start:end]
             logits = _chunk_logits(hidden_chunk, weight, bias)
             entropy, lse = entropy_forward(logits, temperature)
-            finite = finite and bool(torch.isfinite(entropy).all())
             chunk_weights = token_weights[start:end].to(acc).contiguous()
             total += (chunk_weights * entropy).sum()
             if not (need_hidden or need_weight or need_bias):
                 continue
             grad_logits = entropy_backward(chunk_weights, logits.to(acc), entropy, lse, temperature)
             del logits
-            if need_hidden:
-                torch.mm(grad_logits.to(dtype), weight, out=grad_hidden[start:end])
-            if need_weight:
-                grad_weight.addmm_(grad_logits.T, hidden_chunk.to(acc))
-            if need_bias:
-                grad_bias.add_(grad_logits.sum(dim=0))
-        if not finite:
-            raise ValueError(
-                "`hidden @ weight.T + bias` contains NaN or +inf, for which the entropy is undefined; check "
-                "`hidden`, `weight` and `bias` for non-finite values (mask tokens with a -inf bias instead)."
-            )
+            grad_rows = None if grad_hidden is None else grad_hidden[start:end]
+            _add_chunk_grads(grad_logits, hidden_chunk, weight, grad_rows, grad_weight, grad_bias)
+        # NaN/+inf logits make an entropy NaN, hence the sum (the weights are checked to be finite).
+        _raise_if_undefined(bool(torch.isfinite(total)))
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
         ctx.present = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
         ctx.dtypes = (dtype, weight.dtype, None if bias is None else bias.dtype)
