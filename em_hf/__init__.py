@@ -23,6 +23,11 @@ _EXPORTS = {
     "linear_entropy_loss": "em_hf.ops",
     "load_model": "em_hf.models",
     "load_default_model": "em_hf.models",
+    "EntropyMinConfig": "em_hf.trainers",
+    "EntropyMinTrainer": "em_hf.trainers",
+    "BenchmarkEarlyStoppingCallback": "em_hf.trainers",
+    "EMRLOOConfig": "em_hf.trainers",
+    "EMRLOOTrainer": "em_hf.trainers",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -39,6 +44,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loade
         linear_entropy_loss,
         linear_token_entropy,
         token_entropy,
+    )
+    from em_hf.trainers import (  # noqa: F401
+        BenchmarkEarlyStoppingCallback,
+        EMRLOOConfig,
+        EMRLOOTrainer,
+        EntropyMinConfig,
+        EntropyMinTrainer,
     )
 
 
