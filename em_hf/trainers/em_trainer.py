@@ -1,0 +1,451 @@
+r"""``EntropyMinTrainer``: EM-FT (paper 1, sec. 3.1) and one-shot EM (paper 2) as a ``transformers.Trainer``.
+
+Every micro-batch, the trainer samples one completion per (repeated) prompt from the CURRENT weights (eval
+mode, KV cache, no grad), builds a batch in trl's layout and minimizes the mean token entropy over the
+generated positions (see :mod:`em_hf.trainers.em_loss` for the formula). Everything else (optimizer,
+schedulers, gradient accumulation and checkpointing, mixed precision, Accelerate/DeepSpeed launch, saving,
+resuming, ``report_to``) is the parent ``Trainer``'s.
+
+trl primitives reused: ``RepeatSampler`` (each prompt repeated ``num_generations`` times in a row),
+``unwrap_model_for_generation`` (unwraps DDP/DeepSpeed for ``generate`` and pauses gradient checkpointing),
+``selective_log_softmax`` (reference log-probs on the logits path) and, for ``beta > 0`` without PEFT,
+``create_reference_model``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, PreTrainedModel, Trainer
+from transformers.utils import is_peft_available
+
+from em_hf.generation.recording import completion_mask as completion_mask_from_ids
+from em_hf.trainers.em_config import EntropyMinConfig
+from em_hf.trainers.em_loss import (
+    check_completion_batch,
+    completion_positions_forward,
+    entropy_min_loss,
+    fused_head_unsupported_reason,
+    reference_token_logps,
+)
+
+__all__ = ["EntropyMinTrainer"]
+
+Prompt = str | list[dict[str, Any]]
+
+
+def _keep_examples(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The data collator: examples stay raw; prompts are tokenized when their completions are generated."""
+    return features
+
+
+def _is_peft_model(model: nn.Module) -> bool:
+    if not is_peft_available():
+        return False
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _as_prompt_dataset(dataset: Any, name: str):
+    """A ``datasets.Dataset`` with a ``prompt`` column, from a Dataset, a list of prompts or of dicts."""
+    from datasets import Dataset
+
+    if dataset is None:
+        return None
+    if isinstance(dataset, list | tuple):
+        if len(dataset) == 0:
+            raise ValueError(f"`{name}` is empty: give at least one prompt.")
+        if all(isinstance(item, Mapping) for item in dataset):
+            dataset = Dataset.from_list([dict(item) for item in dataset])
+        else:
+            dataset = Dataset.from_dict({"prompt": list(dataset)})
+    if not isinstance(dataset, Dataset):
+        raise TypeError(
+            f"`{name}` must be a datasets.Dataset or a list of prompts, got {type(dataset).__name__}."
+        )
+    if "prompt" not in dataset.column_names:
+        raise ValueError(
+            f"`{name}` has no 'prompt' column (columns: {dataset.column_names}); rename the column holding "
+            "the prompts, e.g. `dataset.rename_column('question', 'prompt')`."
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty: give at least one prompt.")
+    return dataset
+
+
+class EntropyMinTrainer(Trainer):
+    """Unsupervised fine-tuning by token-entropy minimization on the model's own samples.
+
+    Args:
+        model: a causal LM, or a name/path (``"default"`` is the embedded SmolLM2-135M-Instruct) loaded with
+            ``args.model_init_kwargs``.
+        args: :class:`~em_hf.trainers.EntropyMinConfig` (``one_shot()`` / ``em_ft()`` presets).
+        train_dataset: a ``datasets.Dataset`` (or a list) with a ``prompt`` column of strings or chat
+            messages. No labels. Messages go through the tokenizer's chat template; plain strings too when
+            the tokenizer has one (as a single user message), else they are used as they are.
+        eval_dataset: prompts whose EM loss is reported by ``evaluate()``.
+        processing_class: the tokenizer (needs a pad token); loaded from ``model`` when it is a string.
+        peft_config: a ``peft.PeftConfig``: the model is wrapped with ``get_peft_model`` (8-bit/4-bit models
+            are first prepared with ``prepare_model_for_kbit_training``).
+        callbacks, optimizers, optimizer_cls_and_kwargs: as for ``transformers.Trainer``.
+
+    A batch built by hand can be scored with ``trainer.compute_loss(model, batch)``: ``batch`` holds
+    ``prompt_ids``/``prompt_mask`` [B, P] (left-padded), ``completion_ids``/``completion_mask`` [B, C]
+    (right-padded, mask 1 through the first EOS and 0 after it), as in trl's GRPO/RLOO.
+    """
+
+    _tag_names: ClassVar[list[str]] = ["em_hf", "entropy-minimization"]
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel | nn.Module,
+        args: EntropyMinConfig | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: tuple | None = None,
+        peft_config: Any = None,
+    ) -> None:
+        if args is None:
+            args = EntropyMinConfig(output_dir="em-trainer-output")
+        elif not isinstance(args, EntropyMinConfig):
+            raise TypeError(
+                f"`args` must be an EntropyMinConfig (a TrainingArguments subclass with the EM fields), got "
+                f"{type(args).__name__}; build it with `EntropyMinConfig(...)` or "
+                "`EntropyMinConfig.one_shot(...)`."
+            )
+        if isinstance(model, str):
+            model, loaded_tokenizer = self._load_model(model, args)
+            processing_class = processing_class if processing_class is not None else loaded_tokenizer
+        if processing_class is None:
+            raise ValueError(
+                "`processing_class` (the tokenizer) is required when `model` is a model object; pass "
+                "`processing_class=AutoTokenizer.from_pretrained(...)`."
+            )
+        self._check_tokenizer(processing_class)
+        if peft_config is not None:
+            model = self._wrap_peft(model, peft_config, args)
+        train_dataset = _as_prompt_dataset(train_dataset, "train_dataset")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                key: _as_prompt_dataset(value, f"eval_dataset[{key!r}]")
+                for key, value in eval_dataset.items()
+            }
+        else:
+            eval_dataset = _as_prompt_dataset(eval_dataset, "eval_dataset")
+        if train_dataset is not None:
+            self._render_prompt(processing_class, train_dataset[0]["prompt"])  # fails early on a bad prompt
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=_keep_examples,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+        )
+        self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: the Trainer divides by GA
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+        self._warned_truncation = False
+        self._step_time = 0.0
+        self._micro_steps = 0
+        self.generation_config = self._build_generation_config(args, processing_class)
+        self.ref_model = self._build_reference_model() if args.beta > 0 else None
+
+    # ----------------------------------------------------------------------------------------- set-up
+    @staticmethod
+    def _load_model(name: str, args: EntropyMinConfig):
+        from em_hf.models import load_model
+
+        kwargs = dict(args.model_init_kwargs or {})
+        return load_model(name, **kwargs)
+
+    @staticmethod
+    def _check_tokenizer(tokenizer: Any) -> None:
+        if getattr(tokenizer, "pad_token_id", None) is None:
+            raise ValueError(
+                "The tokenizer has no pad token, which batched generation and the batch layout need; set "
+                "one, e.g. `tokenizer.pad_token = tokenizer.eos_token`."
+            )
+        if getattr(tokenizer, "eos_token_id", None) is None:
+            warnings.warn(
+                "The tokenizer has no EOS token: every completion runs to `max_completion_length`.",
+                stacklevel=3,
+            )
+
+    @staticmethod
+    def _wrap_peft(model: nn.Module, peft_config: Any, args: EntropyMinConfig) -> nn.Module:
+        if not is_peft_available():
+            raise ImportError("`peft_config` needs the `peft` package: `pip install peft`.")
+        from peft import PeftConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if not isinstance(peft_config, PeftConfig):
+            kind = type(peft_config).__name__
+            raise TypeError(f"`peft_config` must be a peft.PeftConfig (e.g. LoraConfig), got {kind}.")
+        if _is_peft_model(model):
+            raise ValueError("`model` is already a PeftModel; pass a PeftModel or `peft_config`, not both.")
+        if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=args.gradient_checkpointing,
+                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+            )
+        return get_peft_model(model, peft_config)
+
+    @staticmethod
+    def _build_generation_config(args: EntropyMinConfig, tokenizer: Any) -> GenerationConfig:
+        values: dict[str, Any] = {
+            "max_new_tokens": args.max_completion_length,
+            "do_sample": True,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": args.top_k,
+            "repetition_penalty": args.repetition_penalty,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+        values.update(args.generation_kwargs or {})
+        return GenerationConfig(**values)
+
+    def _build_reference_model(self) -> nn.Module | None:
+        """None for a PEFT model (its adapters are disabled instead), else a frozen copy of the model."""
+        if _is_peft_model(self.accelerator.unwrap_model(self.model)):
+            return None
+        reference = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        reference.requires_grad_(False)
+        reference.eval()
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt"]
+
+    def _get_train_sampler(self, dataset: Any = None):
+        from trl.trainer.utils import RepeatSampler
+
+        dataset = self.train_dataset if dataset is None else dataset
+        return RepeatSampler(
+            data_source=dataset,
+            mini_repeat_count=self.args.num_generations,
+            shuffle=self.args.shuffle_dataset,
+            seed=self.args.seed,
+        )
+
+    def _get_eval_sampler(self, eval_dataset: Any):
+        from trl.trainer.utils import RepeatSampler
+
+        return RepeatSampler(
+            data_source=eval_dataset, mini_repeat_count=self.args.num_generations, shuffle=False
+        )
+
+    # ----------------------------------------------------------------------------------------- rollouts
+    @staticmethod
+    def _render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
+        """Token ids of one prompt: chat messages through the chat template (with the generation prompt);
+        a string as one user message when the tokenizer has a chat template, else as it is."""
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if isinstance(prompt, str):
+            if not has_template:
+                return list(tokenizer(prompt)["input_ids"])
+            prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list) or not all(isinstance(m, Mapping) and "content" in m for m in prompt):
+            raise TypeError(
+                "A prompt must be a string or a list of chat messages ({'role': ..., 'content': ...}), "
+                f"got {type(prompt).__name__}: {str(prompt)[:80]!r}."
+            )
+        if not has_template:
+            raise ValueError(
+                "The prompts are chat messages but the tokenizer has no chat template; set "
+                "`tokenizer.chat_template` or give plain-string prompts."
+            )
+        rendered = tokenizer.apply_chat_template(
+            prompt, tokenize=True, add_generation_prompt=True, return_dict=True
+        )
+        return list(rendered["input_ids"])
+
+    def _tokenize_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``prompt_ids``, ``prompt_mask``; prompts over ``max_prompt_length`` lose the start."""
+        tokenizer = self.processing_class
+        ids = [self._render_prompt(tokenizer, prompt) for prompt in prompts]
+        limit = self.args.max_prompt_length
+        if limit is not None and any(len(row) > limit for row in ids):
+            if not self._warned_truncation:
+                longest = max(len(row) for row in ids)
+                warnings.warn(
+                    f"A prompt has {longest} tokens, more than max_prompt_length={limit}; prompts are "
+                    "truncated from the left (their start is dropped). Raise `max_prompt_length` to keep "
+                    "them whole.",
+                    stacklevel=2,
+                )
+                self._warned_truncation = True
+            ids = [row[-limit:] for row in ids]
+        if any(len(row) == 0 for row in ids):
+            raise ValueError("A prompt renders to zero tokens; give non-empty prompts.")
+        width = max(len(row) for row in ids)
+        prompt_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+        prompt_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, tokens in enumerate(ids):
+            prompt_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            prompt_mask[row, width - len(tokens) :] = 1
+        device = self.accelerator.device
+        return prompt_ids.to(device), prompt_mask.to(device)
+
+    def _eos_token_ids(self) -> list[int] | None:
+        eos = self.generation_config.eos_token_id
+        if eos is None:
+            return None
+        return [eos] if isinstance(eos, int) else list(eos)
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
+        """Sample one completion per prompt with the current weights; the batch in trl's layout."""
+        from trl.models.utils import unwrap_model_for_generation
+
+        prompt_ids, prompt_mask = self._tokenize_prompts(prompts)
+        mode = "train" if self.model.training else "eval"
+        with unwrap_model_for_generation(
+            self.model_wrapped,
+            self.accelerator,
+            gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+        ) as unwrapped:
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                output = unwrapped.generate(
+                    input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config
+                )
+            finally:
+                unwrapped.train(was_training)
+        completion_ids = output[:, prompt_ids.shape[1] :]
+        eos = self._eos_token_ids()
+        completion_mask = completion_mask_from_ids(completion_ids, eos).to(completion_ids.device)
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, self.processing_class.pad_token_id)
+        if eos is None:
+            truncated = torch.ones(completion_ids.shape[0], dtype=torch.bool, device=completion_ids.device)
+        else:
+            eos_ids = torch.tensor(eos, device=completion_ids.device)
+            truncated = ~torch.isin(completion_ids, eos_ids).any(dim=1)
+        lengths = self.accelerator.gather(completion_mask.sum(dim=1).float())
+        self._metrics[mode]["completions/mean_length"].append(lengths.mean().item())
+        self._metrics[mode]["completions/clipped_ratio"].append(
+            self.accelerator.gather(truncated.float()).mean().item()
+        )
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+        }
+
+    def _prepare_inputs(self, inputs: Any) -> dict[str, torch.Tensor]:
+        if isinstance(inputs, Mapping):  # already in trl's layout (built by hand or by generate_batch)
+            return super()._prepare_inputs(dict(inputs))
+        prompts = [example["prompt"] for example in inputs]
+        return self.generate_batch(prompts)
+
+    # ----------------------------------------------------------------------------------------- loss
+    def _head_for(self, model: nn.Module) -> nn.Linear | None:
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return None
+        if fused_head_unsupported_reason(unwrapped) is not None:
+            return None
+        return unwrapped.get_output_embeddings()
+
+    @torch.no_grad()
+    def _reference_logps(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.ref_model is not None:
+            model, context = self.ref_model, nullcontext()
+        else:
+            model = self.model_wrapped
+            context = self.accelerator.unwrap_model(self.model).disable_adapter()
+        with context:
+            head = self._head_for(model)
+            states = completion_positions_forward(model, batch, head)
+            return reference_token_logps(
+                states,
+                batch["completion_ids"],
+                batch["completion_mask"],
+                head,
+                self.args.temperature,
+                self.args.lm_head_chunk_size,
+            )
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: Mapping[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ):
+        """The EM loss (:mod:`em_hf.trainers.em_loss`) of a batch in trl's layout (see the class doc)."""
+        if return_outputs:
+            raise ValueError("EntropyMinTrainer.compute_loss does not return model outputs.")
+        check_completion_batch(inputs)
+        args = self.args
+        ref_logps = self._reference_logps(inputs) if args.beta > 0 else None
+        head = self._head_for(model)
+        states = completion_positions_forward(model, inputs, head)
+        output = entropy_min_loss(
+            states,
+            inputs["completion_ids"],
+            inputs["completion_mask"],
+            head=head,
+            entropy_temperature=args.entropy_temperature,
+            normalization=args.loss_normalization,
+            beta=args.beta,
+            ref_logps=ref_logps,
+            sampling_temperature=args.temperature,
+            chunk_size=args.lm_head_chunk_size,
+        )
+        mode = "train" if model.training else "eval"
+        tokens = output.num_tokens.to(self.accelerator.device).float()
+        entropy_sum = self.accelerator.gather(output.mean_entropy.to(tokens.device) * tokens).sum()
+        self._metrics[mode]["entropy"].append((entropy_sum / self.accelerator.gather(tokens).sum()).item())
+        if output.mean_kl is not None:
+            self._metrics[mode]["kl"].append(
+                self.accelerator.gather(output.mean_kl.to(tokens.device)).mean().item()
+            )
+        return output.loss
+
+    def training_step(self, model: nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._step_time += time.perf_counter() - start
+        self._micro_steps += 1
+        if self._micro_steps % self.current_gradient_accumulation_steps == 0:
+            self._metrics["train"]["step_time"].append(self._step_time)
+            self._step_time = 0.0
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        if mode == "eval":
+            metrics = {f"eval_{key}": value for key, value in metrics.items()}
+        logs = {**logs, **metrics}
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
