@@ -26,6 +26,7 @@ _EXPORTS = {
     "EntropyMinConfig": "em_hf.trainers",
     "EntropyMinTrainer": "em_hf.trainers",
     "BenchmarkEarlyStoppingCallback": "em_hf.trainers",
+    "select_by_pass_variance": "em_hf.data",
     "EMRLOOConfig": "em_hf.trainers",
     "EMRLOOTrainer": "em_hf.trainers",
 }

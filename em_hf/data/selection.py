@@ -1,0 +1,139 @@
+r"""Prompt selection for one-shot EM by pass@k variance (paper 2, sec. 2.2).
+
+For each candidate prompt x, draw k samples y^(1..k) ~ p_theta(. | x), grade them, and compute
+
+    pass@k(x) = (1/k) sum_i 1[y^(i) is correct],     Var(x) = (1/k) sum_i (1[y^(i) correct] - pass@k(x))^2
+                                                            = pass@k(x) (1 - pass@k(x))
+
+then take x* = argmax_x Var(x): the prompts on the cusp of the model's ability (neither always right nor
+always wrong) give entropy minimization the most signal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from em_hf.eval.answers import extract_answer, extract_boxed, normalize_answer
+
+__all__ = ["PromptPassVariance", "default_verifier", "select_by_pass_variance"]
+
+Prompt = str | list[dict[str, Any]]
+Verifier = Callable[[str, Any], bool]
+
+
+@dataclass(frozen=True)
+class PromptPassVariance:
+    """One candidate prompt's sampled pass rate and its variance p(1 - p)."""
+
+    index: int  # position in the candidate list
+    prompt: Prompt
+    answer: Any
+    pass_rate: float
+    variance: float
+    num_samples: int
+    completions: tuple[str, ...]
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def default_verifier(completion: str, answer: Any) -> bool:
+    """Is ``completion``'s final answer equal to ``answer``?
+
+    The final answer is the last ``\\boxed{}`` content, else the last number (:func:`extract_answer`).
+    Numbers (an int/float reference or a numeric string) are compared numerically (relative tolerance
+    1e-6); anything else, or a boxed completion whose content is not a plain number, goes through
+    ``math_verify`` (``pip install math-verify``) when it is installed, else through exact string equality
+    after normalization.
+    """
+    predicted = extract_answer(completion)
+    if predicted is None:
+        return False
+    reference = normalize_answer(str(answer))
+    predicted_number, reference_number = _as_number(predicted), _as_number(reference)
+    if predicted_number is not None and reference_number is not None:
+        return math.isclose(predicted_number, reference_number, rel_tol=1e-6, abs_tol=1e-9)
+    if predicted == reference:
+        return True
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        return False
+    boxed = extract_boxed(completion)
+    gold = parse(f"${reference}$")
+    guess = parse(f"${boxed if boxed is not None else predicted}$")
+    return bool(gold) and bool(guess) and bool(verify(gold, guess))
+
+
+def select_by_pass_variance(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    answers: Sequence[Any],
+    k: int = 8,
+    verifier: Verifier | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[PromptPassVariance]:
+    """Sample ``k`` answers per prompt, grade them and rank the prompts by pass@k variance, highest first.
+
+    Args:
+        model, tokenizer: a causal LM and its tokenizer (needs a pad token).
+        prompts: strings or chat messages (the chat template is applied to messages).
+        answers: the reference answer of each prompt.
+        k: samples per prompt (paper 2: pass@k with k samples).
+        verifier: ``verifier(completion, answer) -> bool``; default :func:`default_verifier` (numeric match,
+            math-verify for ``\\boxed{}`` answers).
+        temperature, top_p: sampling settings; max_new_tokens, batch_size: generation settings.
+        seed: ``torch.manual_seed`` before sampling (reproducible for a given batch size).
+
+    Returns:
+        One :class:`PromptPassVariance` per prompt, sorted by variance (ties: the candidate order).
+    """
+    from em_hf.eval.decoding import DecodingMethod
+    from em_hf.eval.generation import generate_completions
+
+    if len(prompts) == 0:
+        raise ValueError("`prompts` is empty: give at least one candidate prompt.")
+    if len(prompts) != len(answers):
+        raise ValueError(
+            f"`prompts` has {len(prompts)} items but `answers` has {len(answers)}; give one answer each."
+        )
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"`k` must be an integer >= 2 (a variance needs several samples), got {k!r}.")
+    verifier = default_verifier if verifier is None else verifier
+    if not callable(verifier):
+        raise TypeError("`verifier` must be callable as verifier(completion, answer) -> bool.")
+    method = DecodingMethod(
+        kind="sample", temperature=temperature, top_p=top_p, label=f"sample:t={temperature}"
+    )
+    repeated = [prompt for prompt in prompts for _ in range(k)]
+    completions, _ = generate_completions(
+        model,
+        tokenizer,
+        repeated,
+        method,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+    )
+    results = []
+    for index, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        texts = tuple(c.text for c in completions[index * k : (index + 1) * k])
+        passed = [bool(verifier(text, answer)) for text in texts]
+        pass_rate = sum(passed) / k
+        variance = sum((float(p) - pass_rate) ** 2 for p in passed) / k
+        results.append(PromptPassVariance(index, prompt, answer, pass_rate, variance, k, texts))
+    return sorted(results, key=lambda item: (-item.variance, item.index))

@@ -1,0 +1,191 @@
+"""Evaluate a benchmark during training and keep the best weights.
+
+One-shot EM's accuracy peaks near step 10 while its loss keeps falling (paper 2, sec. 3), and EM-FT is
+early-stopped on a validation set (paper 1, sec. 3.3): the training loss cannot pick the checkpoint, a
+benchmark must. :class:`BenchmarkEarlyStoppingCallback` runs a user-given ``evaluate(model, tokenizer)``
+every ``eval_steps`` optimizer steps, logs the score, saves the best model and can stop early or restore the
+best weights at the end. :func:`arithmetic_evaluator` builds such an ``evaluate`` on the package's
+arithmetic set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+__all__ = ["BenchmarkEarlyStoppingCallback", "BenchmarkRecord", "arithmetic_evaluator"]
+
+Evaluate = Callable[[Any, Any], float | Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class BenchmarkRecord:
+    step: int
+    value: float
+    metrics: dict[str, float]
+
+
+class BenchmarkEarlyStoppingCallback(TrainerCallback):
+    """Every ``eval_steps`` optimizer steps: ``score = evaluate(model, tokenizer)``; keep the best.
+
+    Args:
+        evaluate: ``evaluate(model, tokenizer) -> float`` or a dict of metrics (``metric`` names the one
+            that decides). It is called in eval mode under ``torch.no_grad()``, on every process (make it
+            deterministic, e.g. greedy or seeded sampling, so that the processes agree).
+        eval_steps: evaluate every this many optimizer steps.
+        metric: the key of the deciding metric when ``evaluate`` returns a dict.
+        greater_is_better: accuracy-like (True) or loss-like (False).
+        patience: stop training after this many evaluations without improvement (None: never stop).
+        evaluate_at_start: score the model before the first step (step 0: the base model).
+        save_best: save the best model (``save_pretrained``; adapters only for PEFT) and the tokenizer into
+            ``best_dir`` (default ``<output_dir>/best_checkpoint``) on the main process.
+        restore_best_at_end: copy the best trainable weights back into the model when training ends (kept
+            in CPU memory: the trainable parameters only, i.e. the adapters for PEFT).
+
+    After training, ``history`` lists every evaluation, ``best`` the best one. Each evaluation is also
+    appended to ``trainer.state.log_history`` as ``{"step": ..., "benchmark/<metric>": ...}``.
+    """
+
+    def __init__(
+        self,
+        evaluate: Evaluate,
+        eval_steps: int = 1,
+        metric: str = "accuracy",
+        greater_is_better: bool = True,
+        patience: int | None = None,
+        evaluate_at_start: bool = True,
+        save_best: bool = True,
+        restore_best_at_end: bool = False,
+        best_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if not callable(evaluate):
+            raise TypeError("`evaluate` must be callable as evaluate(model, tokenizer) -> float or dict.")
+        if isinstance(eval_steps, bool) or not isinstance(eval_steps, int) or eval_steps < 1:
+            raise ValueError(f"`eval_steps` must be a positive integer, got {eval_steps!r}.")
+        if patience is not None and (
+            isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
+        ):
+            raise ValueError(f"`patience` must be a positive integer or None, got {patience!r}.")
+        self.evaluate = evaluate
+        self.eval_steps = eval_steps
+        self.metric = metric
+        self.greater_is_better = greater_is_better
+        self.patience = patience
+        self.evaluate_at_start = evaluate_at_start
+        self.save_best = save_best
+        self.restore_best_at_end = restore_best_at_end
+        self.best_dir = None if best_dir is None else os.fspath(best_dir)
+        self.history: list[BenchmarkRecord] = []
+        self.best: BenchmarkRecord | None = None
+        self._best_weights: dict[str, torch.Tensor] | None = None
+        self._evaluations_since_best = 0
+
+    def _score(self, model, tokenizer) -> tuple[float, dict[str, float]]:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                result = self.evaluate(model, tokenizer)
+        finally:
+            model.train(was_training)
+        if isinstance(result, Mapping):
+            if self.metric not in result:
+                raise KeyError(
+                    f"`evaluate` returned {sorted(result)} but the callback's metric is {self.metric!r}; "
+                    "pass `metric=` naming one of them."
+                )
+            metrics = {key: float(value) for key, value in result.items()}
+            value = metrics[self.metric]
+        else:
+            value = float(result)
+            metrics = {self.metric: value}
+        if not math.isfinite(value):
+            raise ValueError(f"`evaluate` returned a non-finite {self.metric}: {value}.")
+        return value, metrics
+
+    def _improves(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best.value if self.greater_is_better else value < self.best.value
+
+    def _run(self, args, state, control, model, tokenizer) -> None:
+        value, metrics = self._score(model, tokenizer)
+        record = BenchmarkRecord(state.global_step, value, metrics)
+        self.history.append(record)
+        state.log_history.append(
+            {"step": state.global_step, **{f"benchmark/{key}": val for key, val in metrics.items()}}
+        )
+        if self._improves(value):
+            self.best = record
+            self._evaluations_since_best = 0
+            self._best_weights = {
+                name: param.detach().to("cpu", copy=True)
+                for name, param in model.named_parameters()
+                if param.requires_grad
+            }
+            if self.save_best and state.is_world_process_zero:
+                target = self.best_dir or os.path.join(args.output_dir, "best_checkpoint")
+                model.save_pretrained(target)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(target)
+        else:
+            self._evaluations_since_best += 1
+            if self.patience is not None and self._evaluations_since_best >= self.patience:
+                control.should_training_stop = True
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.evaluate_at_start and not any(r.step == state.global_step for r in self.history):
+            self._run(args, state, control, model, processing_class)
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if state.global_step % self.eval_steps == 0:
+            self._run(args, state, control, model, processing_class)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.restore_best_at_end and self._best_weights is not None:
+            parameters = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in self._best_weights.items():
+                    parameters[name].copy_(value.to(parameters[name].device))
+
+
+def arithmetic_evaluator(
+    num_problems: int = 60,
+    method: str = "greedy",
+    seeds: Sequence[int] = (0,),
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    data_seed: int = 0,
+) -> Evaluate:
+    """``evaluate(model, tokenizer) -> {"accuracy", "entropy"}`` on the package's arithmetic problems with a
+    decoding method (``"greedy"``, ``"sample:t=0.5"``, ...), averaged over ``seeds``."""
+    from em_hf.data.arithmetic import grade_last_integer, make_arithmetic_problems
+    from em_hf.eval.decoding import parse_method
+    from em_hf.eval.generation import generate_completions
+
+    decoding = parse_method(method)
+    problems = make_arithmetic_problems(num_problems, seed=data_seed)
+    prompts = [problem.messages for problem in problems]
+    run_seeds = list(seeds) if decoding.do_sample else list(seeds)[:1]
+    if not run_seeds:
+        raise ValueError("`seeds` is empty: give at least one seed.")
+
+    def evaluate(model, tokenizer) -> dict[str, float]:
+        correct, entropy, count = 0, 0.0, 0
+        for seed in run_seeds:
+            completions, _ = generate_completions(
+                model, tokenizer, prompts, decoding, max_new_tokens, batch_size, seed=seed, progress=False
+            )
+            for problem, completion in zip(problems, completions, strict=True):
+                correct += grade_last_integer(completion.text, problem.answer)
+                entropy += completion.mean_entropy
+                count += 1
+        return {"accuracy": correct / count, "entropy": entropy / count}
+
+    return evaluate
