@@ -1,0 +1,85 @@
+"""Configuration of :class:`em_hf.EMRLOOTrainer`: trl's ``RLOOConfig`` plus the EM reward (EM-RL,
+paper 1, section 3.2)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import RLOOConfig
+
+__all__ = ["EM_REWARDS", "EMRLOOConfig"]
+
+EM_REWARDS = ("token", "sequence")
+
+# The paper's EM-RL setup (paper 1, section 3.3 "Training data, models, and methods"): "We set the
+# number of rollouts to N=4, batch size to 512, learning rate to 1e-6. We use a KL regularizer with
+# small coefficient beta=0.001". Appendix D adds sequence length 4096 and early stopping on a
+# validation set (about 100 steps). Batch size and sequence length are left to the user's hardware.
+PAPER_EM_RL = {"num_generations": 4, "beta": 0.001, "learning_rate": 1e-6}
+
+
+@dataclass
+class EMRLOOConfig(RLOOConfig):
+    r"""``trl.RLOOConfig`` with the EM-RL reward (paper 1, section 3.2).
+
+    Every RLOOConfig field keeps its meaning (generation, ``beta`` KL penalty, clipping ``epsilon``,
+    ``reward_weights`` for the user's reward functions, vLLM, ...). Added:
+
+    Parameters:
+        em_reward (`str` or `None`, defaults to `"token"`):
+            The entropy reward, computed from the sampling policy over the completion tokens only:
+
+            - ``"token"`` (EM-RL-token, eq. 4): r(y) = -sum_t H(pi(. | x, y_<t)).
+            - ``"sequence"`` (EM-RL-sequence, eq. 3): r(y) = sum_t log pi(y_t | x, y_<t) = log pi(y).
+            - ``None``: no EM reward; the trainer is plain RLOO with the given reward functions (e.g.
+              the SC-RL baseline, :func:`em_hf.rewards.self_consistency_reward`).
+        em_reward_weight (`float`, defaults to `1.0`):
+            Weight of the EM reward in the weighted sum of rewards (the user's reward functions are
+            weighted by ``reward_weights``). 0 keeps it as a logged metric only.
+
+    ``num_generations`` must be at least 2: the RLOO baseline of a completion is the mean reward of
+    the other completions of its prompt. Use :meth:`paper` for the paper's values.
+    """
+
+    em_reward: str | None = field(
+        default="token",
+        metadata={
+            "help": "EM reward: 'token' (-sum_t H_t, paper 1 eq. 4), 'sequence' (sum_t log pi(y_t|y_<t), "
+            "eq. 3) or None (no EM reward: plain RLOO with the given reward functions).",
+        },
+    )
+    em_reward_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the EM reward in the weighted sum of rewards."},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.em_reward, str) and self.em_reward.lower() in ("none", "null", ""):
+            self.em_reward = None  # the CLI passes strings
+        if self.em_reward is not None and self.em_reward not in EM_REWARDS:
+            raise ValueError(
+                f"`em_reward` must be one of {EM_REWARDS} or None, got {self.em_reward!r}: 'token' for "
+                "EM-RL-token (-sum of token entropies), 'sequence' for EM-RL-sequence (log pi(y))."
+            )
+        if (
+            isinstance(self.em_reward_weight, bool)
+            or not isinstance(self.em_reward_weight, int | float)
+            or not math.isfinite(self.em_reward_weight)
+        ):
+            raise ValueError(f"`em_reward_weight` must be a finite number, got {self.em_reward_weight!r}.")
+        if self.num_generations is None or self.num_generations < 2:
+            raise ValueError(
+                f"`num_generations` must be >= 2 for the RLOO leave-one-out baseline (the mean reward of the "
+                f"other completions of the same prompt), got {self.num_generations!r}; the paper uses 4 "
+                "(EMRLOOConfig.paper())."
+            )
+        super().__post_init__()
+
+    @classmethod
+    def paper(cls, em_reward: str | None = "token", **overrides: Any) -> EMRLOOConfig:
+        """The paper's EM-RL setup: ``num_generations=4``, ``beta=0.001``, ``learning_rate=1e-6``
+        (paper 1, section 3.3; batch size 512 and sequence length 4096 there are left to you),
+        with ``overrides`` applied on top (any ``EMRLOOConfig`` field, e.g. ``output_dir``)."""
+        return cls(em_reward=em_reward, **{**PAPER_EM_RL, **overrides})

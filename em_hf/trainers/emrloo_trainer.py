@@ -1,0 +1,310 @@
+r"""EM-RL on trl's RLOOTrainer: REINFORCE with the leave-one-out baseline and a negative-entropy reward
+(paper 1, section 3.2).
+
+For each prompt x the trainer samples N completions y^1..y^N from pi_theta and scores each with
+
+    EM-RL-token     r(y) = -sum_{t=1}^{|y|} H(pi_theta(. | x, y_<t))        (eq. 4)
+    EM-RL-sequence  r(y) =  sum_{t=1}^{|y|} log pi_theta(y_t | x, y_<t)      (eq. 3, = log pi_theta(y))
+
+over the completion tokens only (through the first EOS; padding and everything after EOS excluded),
+plus sum_k w_k r_k(y) for the user's reward functions when given. Everything after the reward is
+trl's RLOO, unchanged: the KL penalty r <- r - beta * sum_t (log pi_theta - log pi_ref), the
+leave-one-out advantage A_i = r_i - (1/(N-1)) sum_{j != i} r_j, and the clipped policy loss.
+
+Where the numbers come from (no extra forward pass). trl's ``_generate_and_score_completions``
+always scores the sampled completions with the sampling policy (``old_per_token_logps``: one
+no-grad forward of ``self.model`` through trl's fused LM head, which computes the per-token
+log-probabilities AND entropies of softmax(z / temperature) in the same pass). trl keeps only the
+log-probabilities; this trainer asks that same call for the entropies too and keeps both. So
+r_seq is exactly trl's ``old_logps`` and r_tok costs nothing but the entropy output that trl's head
+computes anyway. The policy is softmax(z / temperature) at ``args.temperature``, the distribution
+the completions were sampled from before any top-k / top-p filter. No extra forward is needed in any
+generation mode of trl 1.16 (transformers ``generate``, continuous batching, vLLM): RLOO rescores
+every sampled completion with the training model in all of them.
+
+The hook (one place, :meth:`EMRLOOTrainer._get_per_token_logps_and_entropies`, armed by
+:meth:`EMRLOOTrainer._generate_and_score_completions`) relies on these trl internals, checked by
+``tests/trainers/test_emrloo_contract.py`` and guarded at run time:
+
+1. ``_generate_and_score_completions(inputs)`` makes its FIRST ``_get_per_token_logps_and_entropies``
+   call with ``self.model`` on ``(prompt + completion ids, prompt mask + completion mask,
+   logits_to_keep = completion length)`` before any reference-model call;
+2. ``_get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+   batch_size, compute_entropy=...)`` returns ``(logps, entropies, aux_loss)``, ``[B, logits_to_keep]``;
+3. reward functions are then called (``_calculate_rewards``) with ``completion_ids`` (the local
+   completions' token ids through EOS) and weighted by ``self.reward_weights``.
+
+Supported trl versions: :data:`SUPPORTED_TRL` (pinned in setup.cfg).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import trl
+from accelerate.utils import is_peft_model
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+from trl import RLOOTrainer
+from trl.trainer.utils import get_config_model_id
+
+from em_hf.rewards import sequence_logprob_reward, token_entropy_reward
+from em_hf.trainers.emrloo_config import EM_REWARDS, EMRLOOConfig
+
+__all__ = ["SUPPORTED_TRL", "EMRLOOTrainer", "check_trl_version"]
+
+# The trl releases whose RLOOTrainer internals the hook was written against and tested with. Keep in
+# sync with setup.cfg's install_requires.
+SUPPORTED_TRL = ">=1.16,<1.17"
+
+
+def check_trl_version(version: str | None = None) -> None:
+    """Raise ``RuntimeError`` when ``version`` (default: the installed trl) is outside
+    :data:`SUPPORTED_TRL`."""
+    version = trl.__version__ if version is None else version
+    if Version(version) not in SpecifierSet(SUPPORTED_TRL):
+        raise RuntimeError(
+            f"em_hf's EMRLOOTrainer hooks private methods of trl's RLOOTrainer and supports "
+            f"trl{SUPPORTED_TRL}; trl {version} is installed. Install a supported trl "
+            f"(pip install 'trl{SUPPORTED_TRL}') or check tests/trainers/test_emrloo_contract.py against "
+            "the new release before widening the range."
+        )
+
+
+def _contract_error(what: str) -> RuntimeError:
+    return RuntimeError(
+        f"EMRLOOTrainer: {what}. The EM reward reuses the sampling-policy scores of trl's "
+        f"RLOOTrainer._generate_and_score_completions, as in trl{SUPPORTED_TRL} "
+        f"(installed: trl {trl.__version__}); "
+        "this trl release changed what the hook relies on (see em_hf/trainers/emrloo_trainer.py)."
+    )
+
+
+@dataclass
+class _PolicyScores:
+    """What the sampling policy's scoring forward returned, for the local generation batch."""
+
+    logps: torch.Tensor  # [B, C] log pi(y_t | x, y_<t); 0 where mask is 0
+    entropies: torch.Tensor  # [B, C] H(pi(. | x, y_<t)); 0 where mask is 0
+    mask: torch.Tensor  # [B, C] completion mask (1 through the first EOS)
+    completion_ids: torch.Tensor  # [B, C] the completion tokens that were scored
+
+
+class _EMReward:
+    """The EM reward as one of trl's reward functions, so that trl weights, logs and gathers it like
+    any other. It reads the scores captured by the trainer's hook for the current batch."""
+
+    def __init__(self, trainer: EMRLOOTrainer, kind: str) -> None:
+        self._trainer = weakref.ref(trainer)
+        self.kind = kind
+        self.__name__ = f"em_{kind}"
+
+    def __call__(self, prompts: list, completions: list, completion_ids: list[list[int]], **kwargs: Any):
+        trainer = self._trainer()
+        if trainer is None:
+            raise RuntimeError("the EMRLOOTrainer that owns this EM reward no longer exists.")
+        return trainer._em_rewards(completion_ids)
+
+
+class EMRLOOTrainer(RLOOTrainer):
+    r"""``trl.RLOOTrainer`` whose reward is the EM-RL negative entropy (paper 1, section 3.2).
+
+    Example::
+
+        from em_hf import EMRLOOConfig, EMRLOOTrainer
+        from em_hf.data import arithmetic_dataset
+
+        args = EMRLOOConfig.paper(em_reward="token", output_dir="em-rl", max_completion_length=256)
+        trainer = EMRLOOTrainer(model=model, args=args, train_dataset=arithmetic_dataset(512),
+                                processing_class=tokenizer)
+        trainer.train()
+
+    Args:
+        model, args, train_dataset, eval_dataset, processing_class, reward_processing_classes,
+        callbacks, optimizers, quantization_config, peft_config: as in ``trl.RLOOTrainer``; ``args``
+            must be an :class:`EMRLOOConfig` (default: ``EMRLOOConfig(em_reward="token")``).
+        reward_funcs: optional, as in ``trl.RLOOTrainer``. With ``args.em_reward`` set, the reward is
+            ``em_reward_weight * r_em(y) + sum_k reward_weights[k] * r_k(y)``; ``reward_weights`` (if
+            given) has one entry per function in ``reward_funcs``. With ``em_reward=None`` at least
+            one reward function is required (e.g. SC-RL: ``em_hf.rewards.self_consistency_reward``).
+
+    The EM reward appears in trl's logs as ``rewards/em_token/mean`` (or ``em_sequence``). How the
+    reward reuses trl's scoring forward, and which trl internals that relies on: see the module
+    docstring.
+    """
+
+    _tag_names: ClassVar[list[str]] = [*RLOOTrainer._tag_names, "em_hf", "em-rl"]
+    _name = "EM-RL (RLOO)"
+
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: Any = None,
+        args: EMRLOOConfig | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: Any = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
+    ) -> None:
+        check_trl_version()
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = EMRLOOConfig(f"{model_name.split('/')[-1]}-EMRLOO")
+        if not isinstance(args, EMRLOOConfig):
+            raise TypeError(
+                "`args` must be an em_hf.EMRLOOConfig (trl's RLOOConfig plus em_reward, em_reward_weight), "
+                f"got {type(args).__name__}; build it with EMRLOOConfig(...) or EMRLOOConfig.paper(...)."
+            )
+        if args.em_reward is not None and args.em_reward not in EM_REWARDS:  # mutated after __post_init__
+            raise ValueError(f"`args.em_reward` must be one of {EM_REWARDS} or None, got {args.em_reward!r}.")
+
+        if reward_funcs is None:
+            user_funcs = []
+        elif isinstance(reward_funcs, list):
+            user_funcs = list(reward_funcs)
+        else:
+            user_funcs = [reward_funcs]
+        if args.em_reward is None and not user_funcs:
+            raise ValueError(
+                "No reward: `args.em_reward` is None and `reward_funcs` is empty. Set em_reward='token' or "
+                "'sequence' (EM-RL), or pass reward_funcs (e.g. em_hf.rewards.self_consistency_reward for "
+                "SC-RL)."
+            )
+        if (
+            args.beta != 0.0
+            and not isinstance(model, str)
+            and peft_config is None
+            and not is_peft_model(model)
+            and not get_config_model_id(model.config)
+        ):
+            # trl rebuilds the KL reference model from model.config._name_or_path; an in-memory model
+            # has none and trl would fail later with a Hub repo-id error.
+            raise ValueError(
+                f"`args.beta`={args.beta} needs a reference model, which trl reloads from "
+                "`model.config._name_or_path`, but this model has none (built in memory). Save it with "
+                "model.save_pretrained(path) and pass the path or the reloaded model, use a peft_config "
+                "(the reference is the adapter-free model), or set beta=0."
+            )
+        user_weights = args.reward_weights
+        if user_weights is not None and len(user_weights) != len(user_funcs):
+            raise ValueError(
+                f"`args.reward_weights` has {len(user_weights)} entries but {len(user_funcs)} reward "
+                "functions were passed: give one weight per function in `reward_funcs` (the EM reward is "
+                "weighted by `args.em_reward_weight`)."
+            )
+
+        self._em_kind: str | None = args.em_reward
+        self._em_armed = False
+        self._em_scores: _PolicyScores | None = None
+        funcs = list(user_funcs)
+        if reward_processing_classes is not None and not isinstance(reward_processing_classes, list):
+            reward_processing_classes = [reward_processing_classes]
+        if self._em_kind is not None:
+            funcs.append(_EMReward(self, self._em_kind))
+            if reward_processing_classes is not None:
+                reward_processing_classes = [*reward_processing_classes, None]
+
+        # trl checks len(reward_weights) == len(reward_funcs) in __init__; the EM weight is appended
+        # below, so hide the user's weights from it for the duration of the call.
+        args.reward_weights = None
+        try:
+            super().__init__(
+                model=model,
+                reward_funcs=funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+        finally:
+            args.reward_weights = user_weights
+        weights = list(user_weights) if user_weights is not None else [1.0] * len(user_funcs)
+        if self._em_kind is not None:
+            weights.append(float(args.em_reward_weight))
+        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+
+    # ---- The hook: capture the sampling policy's scores of the completions (trl's own forward). ----
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """trl's generate-and-score step, with the hook armed for its first policy scoring call."""
+        self._em_armed = self._em_kind is not None
+        self._em_scores = None
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self._em_armed = False
+            self._em_scores = None
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        batch_size: int | None = None,
+        compute_entropy: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """trl's scoring forward; when armed and called on the policy, it also returns and keeps the
+        entropies that trl's fused LM head computes in the same pass (no second forward)."""
+        if not (self._em_armed and model is self.model):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
+            )
+        self._em_armed = False  # only the first call (the sampling policy), never the PEFT reference
+        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, batch_size, True, **kwargs
+        )
+        if entropies is None or logps.shape != entropies.shape or logps.shape[-1] != logits_to_keep:
+            raise _contract_error(
+                "_get_per_token_logps_and_entropies(compute_entropy=True) returned no entropies"
+            )
+        self._em_scores = _PolicyScores(
+            logps=logps.detach(),
+            entropies=entropies.detach(),
+            mask=attention_mask[:, -logits_to_keep:].detach(),
+            completion_ids=input_ids[:, -logits_to_keep:].detach(),
+        )
+        return logps, (entropies if compute_entropy else None), aux_loss
+
+    def _em_rewards(self, completion_ids: list[list[int]]) -> list[float | None]:
+        """r_tok or r_seq of the local completions from the captured scores; None (trl: "unscorable")
+        for a completion whose mask is empty (``mask_truncated_completions`` zeroes truncated ones)."""
+        scores = self._em_scores
+        if scores is None:
+            raise _contract_error(
+                "the EM reward was requested but the sampling policy's scoring forward was not captured "
+                "(expected a _get_per_token_logps_and_entropies call on self.model before the reward "
+                "functions)"
+            )
+        if scores.logps.size(0) != len(completion_ids):
+            raise _contract_error(
+                f"the captured scores cover {scores.logps.size(0)} completions, the reward functions got "
+                f"{len(completion_ids)}"
+            )
+        mask = scores.mask.bool()
+        lengths = mask.sum(dim=1).tolist()
+        for i, ids in enumerate(completion_ids):
+            scored = scores.completion_ids[i, : len(ids)].tolist()
+            if lengths[i] not in (0, len(ids)) or scored != list(ids):
+                raise _contract_error(
+                    f"completion {i}: the scored tokens/mask do not match the completion passed to the "
+                    f"reward functions ({lengths[i]} masked-in tokens, {len(ids)} completion tokens)"
+                )
+        if self._em_kind == "token":
+            rewards = token_entropy_reward(scores.entropies, mask)
+        else:
+            rewards = sequence_logprob_reward(scores.logps, mask)
+        return [None if n == 0 else float(r) for r, n in zip(rewards.tolist(), lengths, strict=True)]
