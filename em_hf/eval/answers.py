@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["extract_answer", "extract_boxed", "extract_last_number", "normalize_answer"]
+__all__ = ["extract_all_boxed", "extract_answer", "extract_boxed", "extract_last_number", "normalize_answer"]
 
-_BOXED_PREFIXES = ("\\boxed", "\\fbox")
+_BOXED_PREFIXES = ("\\boxed", "\\fbox", "\\framebox")
+# A font or text command wrapping a whole answer: ``\\textbf{033}`` (AIME solutions) -> ``033``.
+_WRAPPER = re.compile(r"\\(?:textbf|text|mathrm|mathbf|textrm)\{(.*)\}")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the LAST ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, nested braces handled;
+    """Content of the LAST ``\\boxed{...}`` (or ``\\fbox{...}``, ``\\framebox{...}``) in ``text``,
+    nested braces handled;
     ``\\boxed 5`` (no braces) gives ``"5"``. None when there is no complete box."""
     best: tuple[int, str] | None = None
     for prefix in _BOXED_PREFIXES:
@@ -25,6 +28,27 @@ def extract_boxed(text: str) -> str | None:
                 break
             start = text.rfind(prefix, 0, start)
     return None if best is None else best[1].strip()
+
+
+def extract_all_boxed(text: str) -> list[str]:
+    """Contents of every complete ``\\boxed{...}``/``\\fbox{...}`` in ``text``, in order of position
+    (nested braces handled; a box inside another box's argument is part of that argument)."""
+    found: list[tuple[int, int, str]] = []  # (start, end bound, content)
+    for prefix in _BOXED_PREFIXES:
+        start = text.find(prefix)
+        while start != -1:
+            content = _box_content(text, start + len(prefix))
+            if content is not None:
+                found.append((start, start + len(prefix) + len(content) + 2, content.strip()))
+            start = text.find(prefix, start + len(prefix))
+    found.sort()
+    boxes: list[str] = []
+    end = -1
+    for start, box_end, content in found:
+        if start >= end:  # not nested in the previous box
+            boxes.append(content)
+            end = box_end
+    return boxes
 
 
 def _box_content(text: str, pos: int) -> str | None:
@@ -55,17 +79,41 @@ def extract_last_number(text: str) -> str | None:
 
 
 def normalize_answer(answer: str) -> str:
-    """A canonical string for voting: surrounding ``$``/spaces/final period stripped, thousands
-    separators removed, and numbers written without trailing zeros (``2.50`` -> ``2.5``, ``3.0`` -> ``3``)."""
+    """A canonical string for voting: surrounding ``$``/spaces/final period stripped, a font command
+    wrapping the whole answer removed (``\\textbf{(073)}`` -> ``(073)``), parentheses around a lone
+    number removed, thousands separators removed, and numbers written without leading or trailing zeros
+    (``073`` -> ``73``, ``2.50`` -> ``2.5``, ``3.0`` -> ``3``)."""
     text = answer.strip().strip("$").strip().rstrip(".").strip()
+    wrapped = _WRAPPER.fullmatch(text)
+    if wrapped and _balanced(wrapped.group(1)):
+        text = wrapped.group(1).strip()
+    lone = re.fullmatch(r"\((-?\d+(?:\.\d+)?)\)", text)
+    if lone:
+        text = lone.group(1)
     candidate = text.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text) else text
     if re.fullmatch(r"-?\d+(\.\d+)?|-?\.\d+", candidate):
         if "." in candidate:
             candidate = candidate.rstrip("0").rstrip(".")
+        sign, digits = ("-", candidate[1:]) if candidate.startswith("-") else ("", candidate)
+        digits = digits.lstrip("0")
+        if digits.startswith(".") or digits == "":
+            digits = "0" + digits
+        candidate = sign + digits
         if candidate in ("-0", ""):
             candidate = "0"
         return candidate
     return text
+
+
+def _balanced(text: str) -> bool:
+    """Whether the braces of ``text`` balance without going negative (so a ``\\text{...}`` match
+    spans the whole answer rather than ``\\text{a}\\text{b}``)."""
+    depth = 0
+    for char in text:
+        depth += (char == "{") - (char == "}")
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def extract_answer(text: str) -> str | None:

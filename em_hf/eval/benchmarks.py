@@ -1,0 +1,455 @@
+"""Benchmark registry: loaders that turn the papers' evaluation sets into normalized items.
+
+Every benchmark gives :class:`BenchmarkItem` records (id, chat prompt, reference answer or tests,
+metadata). A loader reads, in this order:
+
+1. a user-given ``path`` (the benchmark's file, or a folder holding it);
+2. the shared benchmark folder: ``$EM_HF_BENCHMARKS`` when set, else the first ``shared/benchmarks``
+   found beside or above the current directory or the package's checkout (e.g. ``../shared/benchmarks``
+   from the repository root);
+3. the Hugging Face Hub (``datasets.load_dataset(hub_id, ...)``; needs network, and its column names
+   are mapped with the same tolerant field lookup).
+
+Prompt templates (override with ``template=``, a string with ``{question}``): math and physics use
+the papers' "Please reason step by step, and put your final answer within \\boxed{}." suffix; LeetCode
+uses the DeepSeek-Coder prompt (``prompt_sft``: the problem and a ```python stub) followed by an
+instruction to answer with one complete ```python block. A benchmark may be written
+``NAME[:key=value,...]``: ``math500:level=1,type=Algebra`` keeps items whose metadata match,
+``arithmetic:n=100,seed=1`` sizes the package's own arithmetic set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from em_hf.eval.answers import extract_boxed
+
+__all__ = [
+    "BENCHMARKS",
+    "BENCHMARKS_ENV",
+    "CODE_TEMPLATE",
+    "MATH_TEMPLATE",
+    "PHYSICS_TEMPLATE",
+    "BenchmarkItem",
+    "BenchmarkSpec",
+    "find_benchmarks_dir",
+    "load_benchmark",
+    "parse_benchmark",
+]
+
+BENCHMARKS_ENV = "EM_HF_BENCHMARKS"
+MATH_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+PHYSICS_TEMPLATE = (
+    "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}. "
+    "If there are several answers, put them in one \\boxed{{}} separated by commas; "
+    "give numbers without units."
+)
+CODE_TEMPLATE = (
+    "{question}\n\nWrite the complete solution (the whole `class Solution`) in a single ```python code block."
+)
+TASKS = ("math", "physics", "code", "arithmetic")
+
+
+@dataclass(frozen=True)
+class BenchmarkItem:
+    """One evaluation item.
+
+    ``task`` picks the grader: ``math`` (:func:`~em_hf.eval.grading.grade_math` against
+    ``reference``), ``physics`` (:func:`~em_hf.eval.grading.grade_physics` against ``references``),
+    ``code`` (:func:`~em_hf.eval.sandbox.run_code` of the completion's code block with ``tests``),
+    ``arithmetic`` (last integer equals ``reference``). ``prompt`` is the chat messages sent to the
+    model, ``question`` the raw problem text.
+    """
+
+    benchmark: str
+    id: str
+    task: str
+    question: str
+    prompt: list[dict[str, str]]
+    reference: str | None = None
+    references: tuple[str, ...] = ()
+    tests: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """A registered benchmark: its local file name, its Hub source and a row -> item converter."""
+
+    name: str
+    task: str
+    filename: str | None
+    hub: tuple[str, str | None, str] | None  # (dataset id, config, split)
+    to_item: Callable[[dict[str, Any], int, str], BenchmarkItem] | None
+    template: str
+    description: str
+
+
+def _first(row: dict[str, Any], keys: Iterable[str], what: str, name: str) -> Any:
+    for key in keys:
+        if key in row and row[key] is not None:
+            return row[key]
+    raise ValueError(
+        f"A row of {name} has no {what} field (looked for {list(keys)}); got keys {sorted(row)}."
+    )
+
+
+def _messages(template: str, question: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": template.format(question=question)}]
+
+
+def _answer_text(value: Any) -> str:
+    if isinstance(value, list):  # OlympiadBench: a one-element list
+        value = ", ".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    if text.startswith("$") and text.endswith("$") and text.count("$") == 2:
+        text = text.strip("$").strip()
+    return text
+
+
+def _item_id(row: dict[str, Any], index: int, keys: Iterable[str]) -> str:
+    for key in keys:
+        if row.get(key) is not None:
+            return str(row[key])
+    return str(index)
+
+
+def _math_converter(
+    name: str, question_keys: tuple[str, ...], answer_keys: tuple[str, ...], id_keys: tuple[str, ...]
+) -> Callable[[dict[str, Any], int, str], BenchmarkItem]:
+    def convert(row: dict[str, Any], index: int, template: str) -> BenchmarkItem:
+        question = str(_first(row, question_keys, "question", name))
+        if answer_keys:
+            reference = _answer_text(_first(row, answer_keys, "answer", name))
+        else:  # Minerva: the answer is the last box of the gold solution
+            solution = str(_first(row, ("solution",), "solution", name))
+            boxed = extract_boxed(solution)
+            if boxed is None:
+                raise ValueError(f"{name} item {index}: its solution has no \\boxed{{}} answer.")
+            reference = boxed
+        metadata = {
+            k: v for k, v in row.items() if k in ("level", "type", "subject", "url", "subfield", "solution")
+        }
+        if isinstance(metadata.get("level"), str) and metadata["level"].startswith("Level "):
+            metadata["level"] = int(metadata["level"].removeprefix("Level ").strip() or 0)
+        return BenchmarkItem(
+            benchmark=name,
+            id=_item_id(row, index, id_keys),
+            task="math",
+            question=question,
+            prompt=_messages(template, question),
+            reference=reference,
+            metadata=metadata,
+        )
+
+    return convert
+
+
+def _ugphysics_item(row: dict[str, Any], index: int, template: str) -> BenchmarkItem:
+    name = "ugphysics"
+    question = str(_first(row, ("problem", "question"), "question", name))
+    answers = str(_first(row, ("answers", "answer"), "answer", name))
+    from em_hf.eval.grading import split_top_level
+
+    box = extract_boxed(answers) if "\\boxed" in answers else answers
+    if box is None:
+        raise ValueError(f"{name} item {index}: cannot read its answer {answers!r}.")
+    multiple = bool(row.get("is_multiple_answer"))
+    references = tuple(split_top_level(box)) if multiple else (box,)
+    return BenchmarkItem(
+        benchmark=name,
+        id=_item_id(row, index, ("index", "id")),
+        task="physics",
+        question=question,
+        prompt=_messages(template, question),
+        reference=box,
+        references=references,
+        metadata={k: row[k] for k in ("answer_type", "unit", "topic", "level") if k in row},
+    )
+
+
+def _leetcode_item(row: dict[str, Any], index: int, template: str) -> BenchmarkItem:
+    name = "leetcode"
+    question = str(_first(row, ("prompt_sft", "prompt"), "prompt", name))
+    tests = str(_first(row, ("test", "tests"), "test", name))
+    meta = row.get("meta") or {}
+    return BenchmarkItem(
+        benchmark=name,
+        id=_item_id(row, index, ("task_id", "id")),
+        task="code",
+        question=question,
+        prompt=_messages(template, question),
+        tests=tests,
+        metadata={"difficulty": meta.get("difficulty"), "title": row.get("title")},
+    )
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    spec.name: spec
+    for spec in (
+        BenchmarkSpec(
+            "math500",
+            "math",
+            "math500.json",
+            ("HuggingFaceH4/MATH-500", None, "test"),
+            _math_converter("math500", ("problem",), ("expected_answer", "answer"), ("id", "unique_id")),
+            MATH_TEMPLATE,
+            "MATH-500 (500 competition problems, levels 1-5)",
+        ),
+        BenchmarkSpec(
+            "amc",
+            "math",
+            "amc.jsonl",
+            ("AI-MO/aimo-validation-amc", None, "train"),
+            _math_converter("amc", ("question", "problem"), ("answer",), ("id",)),
+            MATH_TEMPLATE,
+            "AMC 2022-2023 (83 problems, AI-MO validation set)",
+        ),
+        BenchmarkSpec(
+            "aime",
+            "math",
+            "aime.jsonl",
+            ("AI-MO/aimo-validation-aime", None, "train"),
+            _math_converter("aime", ("question", "problem"), ("answer",), ("id",)),
+            MATH_TEMPLATE,
+            "AIME 2022-2024 (90 problems, AI-MO validation set)",
+        ),
+        BenchmarkSpec(
+            "amc23",
+            "math",
+            "amc23.jsonl",
+            ("math-ai/amc23", None, "test"),
+            _math_converter("amc23", ("problem", "question"), ("answer",), ("id",)),
+            MATH_TEMPLATE,
+            "AMC 2023 (40 problems, the one-shot EM paper's AMC23)",
+        ),
+        BenchmarkSpec(
+            "aime24",
+            "math",
+            "aime24.jsonl",
+            ("HuggingFaceH4/aime_2024", None, "train"),
+            _math_converter("aime24", ("problem", "question"), ("answer",), ("id",)),
+            MATH_TEMPLATE,
+            "AIME 2024 (30 problems)",
+        ),
+        BenchmarkSpec(
+            "minerva",
+            "math",
+            "minerva_math.jsonl",
+            ("math-ai/minervamath", None, "test"),
+            _math_converter("minerva", ("problem", "question"), (), ("idx", "id")),
+            MATH_TEMPLATE,
+            "Minerva OCW courses (272 problems; answer = last box of the gold solution)",
+        ),
+        BenchmarkSpec(
+            "olympiadbench",
+            "math",
+            "olympiadbench.jsonl",
+            ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"),
+            _math_converter("olympiadbench", ("question", "problem"), ("final_answer", "answer"), ("id",)),
+            MATH_TEMPLATE,
+            "OlympiadBench open-ended English text-only math (675 problems)",
+        ),
+        BenchmarkSpec(
+            "leetcode",
+            "code",
+            "leetcode.jsonl",
+            None,
+            _leetcode_item,
+            CODE_TEMPLATE,
+            "LeetCode contests Jul 2023 - Jan 2024 (180 problems with tests, DeepSeek-Coder set)",
+        ),
+        BenchmarkSpec(
+            "ugphysics",
+            "physics",
+            "ugphysics_semiconductor.jsonl",
+            ("UGPhysics/ugphysics", "SemiconductorPhysics", "en"),
+            _ugphysics_item,
+            PHYSICS_TEMPLATE,
+            "UGPhysics, Semiconductor Physics subset, English (186 problems)",
+        ),
+        BenchmarkSpec(
+            "arithmetic",
+            "arithmetic",
+            None,
+            None,
+            None,
+            "{question}",
+            "the package's arithmetic set (em_hf.data.make_arithmetic_problems; generated, no file)",
+        ),
+    )
+}
+
+
+def _candidate_roots() -> list[Path]:
+    roots = [Path.cwd(), Path(__file__).resolve().parents[2]]
+    seen, ordered = set(), []
+    for root in roots:
+        for folder in (root, *root.parents):
+            if folder not in seen:
+                seen.add(folder)
+                ordered.append(folder)
+    return ordered
+
+
+def find_benchmarks_dir() -> Path | None:
+    """The shared benchmark folder: ``$EM_HF_BENCHMARKS`` (which must exist when set), else the first
+    ``shared/benchmarks`` in the current directory, the package checkout, or a parent of either."""
+    env = os.environ.get(BENCHMARKS_ENV)
+    if env:
+        folder = Path(env).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"${BENCHMARKS_ENV} is set to {env!r}, which is not a folder; point it at the folder "
+                "holding math500.json, amc.jsonl, ... or unset it."
+            )
+        return folder
+    for root in _candidate_roots():
+        candidate = root / "shared" / "benchmarks"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as file:
+            return [json.loads(line) for line in file if line.strip()]
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, list):
+            return data
+        if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+            # column-oriented: {"problem": {"0": ..., "1": ...}, ...}
+            columns = list(data)
+            keys = sorted(data[columns[0]], key=lambda k: int(k) if str(k).isdigit() else str(k))
+            return [{c: data[c].get(k) for c in columns} for k in keys]
+        raise ValueError(f"{path}: expected a list of rows or column-oriented JSON.")
+    if path.suffix == ".parquet":
+        from datasets import Dataset
+
+        return list(Dataset.from_parquet(str(path)))
+    raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use .json, .jsonl or .parquet).")
+
+
+def _rows(spec: BenchmarkSpec, path: str | os.PathLike | None) -> tuple[list[dict[str, Any]], str]:
+    """The raw rows of a benchmark and where they came from (source order in the module docstring)."""
+    if path is not None:
+        given = Path(path).expanduser()
+        if given.is_dir():
+            given = given / (spec.filename or "")
+        if not given.is_file():
+            raise FileNotFoundError(
+                f"`path` for benchmark {spec.name!r} must be its file or a folder holding {spec.filename}; "
+                f"{given} does not exist."
+            )
+        return _read_rows(given), str(given)
+    folder = find_benchmarks_dir()
+    if folder is not None and spec.filename and (folder / spec.filename).is_file():
+        return _read_rows(folder / spec.filename), str(folder / spec.filename)
+    if spec.hub is None:
+        raise FileNotFoundError(
+            f"Benchmark {spec.name!r} has no Hugging Face Hub source and {spec.filename} was not found "
+            f"(looked in ${BENCHMARKS_ENV} and shared/benchmarks beside/above the current directory); "
+            "pass its file with `path=` (CLI: --benchmark-dir)."
+        )
+    hub_id, config, split = spec.hub
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(hub_id, config, split=split)
+    except Exception as error:  # datasets raises many types for "no network" / "not found"
+        raise FileNotFoundError(
+            f"Benchmark {spec.name!r}: {spec.filename} is not in a shared benchmark folder and loading "
+            f"{hub_id!r} from the Hugging Face Hub failed ({type(error).__name__}: {error}). Set "
+            f"${BENCHMARKS_ENV} to the folder with the benchmark files, or pass `path=` "
+            "(CLI: --benchmark-dir)."
+        ) from error
+    return [dict(row) for row in dataset], f"hf://{hub_id}"
+
+
+def parse_benchmark(spec: str) -> tuple[str, dict[str, str]]:
+    """``NAME[:key=value,...]`` -> (name, options); the name must be registered."""
+    name, _, options_text = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name not in BENCHMARKS:
+        raise ValueError(f"Unknown benchmark {name!r} in {spec!r}; choose from {sorted(BENCHMARKS)}.")
+    options: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in options_text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"Option {part!r} of benchmark {spec!r} must be written key=value.")
+        options[key.strip()] = value.strip()
+    return name, options
+
+
+def _arithmetic_items(options: dict[str, str], template: str) -> list[BenchmarkItem]:
+    from em_hf.data.arithmetic import make_arithmetic_problems
+
+    unknown = set(options) - {"n", "seed"}
+    if unknown:
+        raise ValueError(f"Benchmark 'arithmetic' takes options n= and seed=, got {sorted(unknown)}.")
+    try:
+        n, seed = int(options.get("n", 60)), int(options.get("seed", 0))
+    except ValueError as error:
+        raise ValueError(f"arithmetic options n= and seed= must be integers, got {options}.") from error
+    return [
+        BenchmarkItem(
+            benchmark="arithmetic",
+            id=p.id,
+            task="arithmetic",
+            question=p.prompt,
+            prompt=_messages(template, p.prompt),
+            reference=str(p.answer),
+            metadata={"operands": sum(token.strip(".").isdigit() for token in p.question.split())},
+        )
+        for p in make_arithmetic_problems(n, seed=seed)
+    ]
+
+
+def load_benchmark(
+    spec: str,
+    path: str | os.PathLike | None = None,
+    limit: int | None = None,
+    template: str | None = None,
+) -> list[BenchmarkItem]:
+    """Items of a registered benchmark (``NAME[:key=value,...]``, module docstring), in file order,
+    filtered by the options, then the first ``limit`` of them.
+
+    ``path`` is the benchmark's file or a folder holding it (default: the sources in the module
+    docstring); ``template`` overrides the prompt template (a string containing ``{question}``).
+    """
+    name, options = parse_benchmark(spec)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"`limit` must be an integer >= 1 or None, got {limit!r}.")
+    benchmark = BENCHMARKS[name]
+    template = benchmark.template if template is None else template
+    if "{question}" not in template:
+        raise ValueError(f"`template` must contain the placeholder {{question}}, got {template!r}.")
+    if name == "arithmetic":
+        items = _arithmetic_items(options, template)
+    else:
+        rows, source = _rows(benchmark, path)
+        assert benchmark.to_item is not None
+        items = [benchmark.to_item(row, index, template) for index, row in enumerate(rows)]
+        if len({item.id for item in items}) < len(items):
+            # Ids must key resumable runs; where the file repeats them (AMC), the row number is the id.
+            items = [dataclasses.replace(item, id=str(index)) for index, item in enumerate(items)]
+        for key, value in options.items():
+            if not any(key in item.metadata for item in items):
+                known = sorted({k for item in items for k in item.metadata if k != "solution"})
+                raise ValueError(
+                    f"Benchmark {name!r} items have no metadata {key!r} to filter on; known: {known}."
+                )
+            items = [item for item in items if str(item.metadata.get(key)).lower() == value.lower()]
+        if not items:
+            raise ValueError(f"Benchmark {spec!r} from {source} has no items matching {options}.")
+    return items[:limit] if limit is not None else items

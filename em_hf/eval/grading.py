@@ -1,0 +1,174 @@
+"""Graders for math and physics answers (the code grader is :mod:`em_hf.eval.sandbox`).
+
+Math (:func:`grade_math`): the final answer is the last ``\\boxed{...}`` of the completion (nested
+braces handled, :func:`~em_hf.eval.answers.extract_boxed`); without a box, the last number
+(``strict=False``, the lenient rule of the Qwen2.5-Math evaluation scripts the papers use) or nothing
+(``strict=True``). It matches the reference when (1) both normalize to the same string, (2) both are
+plain numbers equal within ``rel_tol``, or (3) the ``math-verify`` library finds them equivalent
+(symbolic equality, intervals, sets, LaTeX forms: ``\\frac12`` = ``0.5`` = ``\\dfrac{1}{2}``).
+
+Physics (:func:`grade_physics`, UGPhysics): numeric answers (``4.88 \\times 10^{23}``, units stripped
+by math-verify's normalization) compared with a relative tolerance (default 1%), otherwise
+math-verify; items with several answers need every reference matched by a different boxed answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+from em_hf.eval.answers import extract_all_boxed, extract_boxed, extract_last_number, normalize_answer
+
+__all__ = ["answers_equivalent", "grade_math", "grade_physics", "numeric_value", "split_top_level"]
+
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
+
+
+def _math_verify():
+    try:
+        import math_verify
+    except ImportError as error:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "Grading math answers needs the `math-verify` package: pip install 'em_hf[eval]' "
+            "(or: pip install math-verify)."
+        ) from error
+    return math_verify
+
+
+@lru_cache(maxsize=4096)
+def _parse(answer: str) -> tuple:
+    """math-verify's parse of one answer, given as the content of a box (cached: references repeat)."""
+    return tuple(_math_verify().parse("\\boxed{" + answer + "}", parsing_timeout=5))
+
+
+def numeric_value(answer: str) -> float | None:
+    """The answer as a float when it is a plain number (``-3``, ``2.50``, ``1,000``) or an
+    expression math-verify evaluates to a number without free symbols (``4.88 \\times 10^{23}``,
+    ``\\frac{3}{4}``, ``2\\sqrt{2}``); None otherwise."""
+    text = normalize_answer(answer)
+    if _PLAIN_NUMBER.fullmatch(text):
+        return float(text)
+    parsed = _parse(answer)
+    if not parsed:
+        return None
+    expression = parsed[0]
+    try:
+        if getattr(expression, "free_symbols", None) or not getattr(expression, "is_number", False):
+            return None
+        value = complex(expression)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if value.imag != 0 or not math.isfinite(value.real):
+        return None
+    return value.real
+
+
+def answers_equivalent(prediction: str, reference: str, rel_tol: float = 1e-6) -> bool:
+    """Whether two final answers (box contents) are the same: equal normalized strings; else, when
+    both are numbers (:func:`numeric_value`), equal within ``rel_tol`` (relative: math-verify rounds
+    to 6 decimals, which makes ``2.88e-19`` equal ``1.3e-27``); else equivalent for math-verify
+    (``verify(gold=reference, target=prediction)``: symbolic equality, sets, intervals, equations)."""
+    if normalize_answer(prediction) == normalize_answer(reference):
+        return True
+    expected, got = numeric_value(reference), numeric_value(prediction)
+    if expected is not None and got is not None:
+        return _close(got, expected, rel_tol)
+    gold, target = _parse(reference), _parse(prediction)
+    if not gold or not target:
+        return False
+    return bool(_math_verify().verify(list(gold), list(target), timeout_seconds=5))
+
+
+def _close(value: float, expected: float, rel_tol: float) -> bool:
+    """|value - expected| <= rel_tol * |expected| (exact equality when the expected value is 0)."""
+    return math.isclose(value, expected, rel_tol=rel_tol, abs_tol=0.0)
+
+
+def _final_answer(completion: str, strict: bool) -> str | None:
+    if strict:
+        return extract_boxed(completion)
+    boxed = extract_boxed(completion)
+    return boxed if boxed is not None else extract_last_number(completion)
+
+
+def grade_math(completion: str, reference: str | float | int, strict: bool = False) -> bool:
+    """True when the completion's final answer equals ``reference`` (module docstring).
+
+    ``reference`` may be a number (AMC stores floats: ``142.0`` matches ``142``). ``strict=True``
+    requires a ``\\boxed{}`` answer.
+    """
+    if not isinstance(completion, str):
+        raise TypeError(f"`completion` must be a string, got {type(completion).__name__}.")
+    reference_text = _reference_text(reference)
+    answer = _final_answer(completion, strict)
+    return answer is not None and answers_equivalent(answer, reference_text)
+
+
+def _reference_text(reference: str | float | int) -> str:
+    if isinstance(reference, bool) or not isinstance(reference, str | int | float):
+        raise TypeError(f"`reference` must be a string or a number, got {type(reference).__name__}.")
+    if isinstance(reference, float):
+        if not math.isfinite(reference):
+            raise ValueError(f"`reference` must be finite, got {reference!r}.")
+        return repr(int(reference)) if reference.is_integer() else repr(reference)
+    text = str(reference)
+    if not text.strip():
+        raise ValueError("`reference` is empty: give the expected final answer.")
+    return text
+
+
+def split_top_level(answer: str) -> list[str]:
+    """Split ``answer`` at commas that are not inside braces, brackets or parentheses
+    (``"50\\%, f(1,2)"`` -> ``["50\\%", "f(1,2)"]``)."""
+    parts, depth, current = [], 0, []
+    for char in answer:
+        if char in "{[(":
+            depth += 1
+        elif char in "}])":
+            depth = max(depth - 1, 0)
+        if char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current).strip())
+    return [p for p in parts if p]
+
+
+def _physics_match(prediction: str, reference: str, rel_tol: float) -> bool:
+    # Choices (UGPhysics MC: "b") and true/false ("Yes") compare case-insensitively as words.
+    if re.fullmatch(r"[A-Za-z]+", reference.strip()):
+        return prediction.strip().strip("().").lower() == reference.strip().lower()
+    return answers_equivalent(prediction, reference, rel_tol=rel_tol)
+
+
+def grade_physics(completion: str, references: str | Sequence[str], rel_tol: float = 0.01) -> bool:
+    """True when the completion's boxed answers match the references (UGPhysics rule, module docstring).
+
+    ``references`` is one answer or a list of answers (UGPhysics items with ``is_multiple_answer``:
+    the parts of the reference box split at top-level commas). With one reference, the last box
+    (else the last number) is the answer. With k references, the completion's boxes (each split at
+    top-level commas) must match every reference, each by a different part, in any order.
+    """
+    if not isinstance(completion, str):
+        raise TypeError(f"`completion` must be a string, got {type(completion).__name__}.")
+    if not (isinstance(rel_tol, float | int) and 0 <= rel_tol < 1):
+        raise ValueError(f"`rel_tol` must be in [0, 1), got {rel_tol!r}.")
+    refs = [references] if isinstance(references, str) else [str(r) for r in references]
+    if not refs or any(not r.strip() for r in refs):
+        raise ValueError(f"`references` must hold at least one non-empty answer, got {references!r}.")
+    if len(refs) == 1:
+        answer = _final_answer(completion, strict=False)
+        return answer is not None and _physics_match(answer, refs[0], rel_tol)
+    candidates = [part for box in extract_all_boxed(completion) for part in split_top_level(box)]
+    used: set[int] = set()
+    for ref in refs:
+        match = next(
+            (i for i, c in enumerate(candidates) if i not in used and _physics_match(c, ref, rel_tol)), None
+        )
+        if match is None:
+            return False
+        used.add(match)
+    return True
