@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from em_hf.eval.answers import extract_answer
 from em_hf.ops import token_entropy
 from em_hf.rewards import self_consistency_reward, sequence_logprob_reward, token_entropy_reward
 from tests.helpers import make_tiny_llama
@@ -150,3 +151,39 @@ def test_self_consistency_reward_errors():
         self_consistency_reward(["a"], ["1"], num_generations=0)
     with pytest.raises(TypeError, match="`completions` must hold"):
         self_consistency_reward(["a"], [3])
+
+
+@pytest.mark.parametrize("trainer_name", ["RLOOTrainer", "GRPOTrainer"])
+def test_self_consistency_reward_as_a_trl_reward_function(tmp_path, word_tokenizer, trainer_name):
+    """trl's own trainers call it with their prompt/completion formats and group layout; the rewards
+    they record equal a vote recomputed here over blocks of num_generations."""
+    import trl
+
+    from tests.trainers.emrloo_helpers import FAST_ARGS, generation_batch, prompt_dataset, prompt_messages
+
+    calls = []
+
+    def sc(prompts, completions, **kwargs):
+        rewards = self_consistency_reward(prompts, completions, **kwargs)
+        calls.append((prompts, completions, rewards))
+        return rewards
+
+    config_cls = getattr(trl, trainer_name.replace("Trainer", "Config"))
+    fast = {k: v for k, v in FAST_ARGS.items() if k != "beta"}
+    args = config_cls(output_dir=str(tmp_path), beta=0.0, **fast)
+    trainer = getattr(trl, trainer_name)(
+        model=make_tiny_llama(),
+        reward_funcs=sc,
+        args=args,
+        train_dataset=prompt_dataset(2),
+        processing_class=word_tokenizer,
+    )
+    trainer._generate_and_score_completions(generation_batch(prompt_messages(2), 4))
+    ((prompts, completions, rewards),) = calls
+    assert isinstance(prompts[0], list) and completions[0][0]["role"] == "assistant"  # conversational
+    expected = []
+    for g in range(2):
+        answers = [extract_answer(c[0]["content"]) for c in completions[4 * g : 4 * g + 4]]
+        expected += [0.0 if a is None else sum(b == a for b in answers) / 4 for a in answers]
+    assert rewards == expected
+    assert len(set(rewards)) > 1  # the completions disagree, so the vote is not trivial
