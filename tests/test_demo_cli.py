@@ -118,6 +118,7 @@ def test_cli_defaults():
     assert not args.load_in_8bit
     assert list(args.methods) == list(DEFAULT_DEMO_METHODS)
     assert (args.items, args.seeds, args.max_new_tokens, args.batch_size) == (60, 3, 32, 64)
+    assert (args.one_shot_steps, args.one_shot_samples, args.one_shot_max_tokens) == (10, 16, 48)
     for method in args.methods:  # the defaults parse
         parse_method(method)
 
@@ -131,6 +132,8 @@ def test_cli_defaults():
         (["demo", "--items", "0"], "must be an integer >= 1, got 0"),
         (["demo", "--seeds", "-1"], "must be an integer >= 1"),
         (["demo", "--items", "many"], "--items"),
+        (["demo", "--one-shot-steps", "-1"], "must be an integer >= 0, got -1"),
+        (["select", "--k", "0"], "must be an integer >= 1, got 0"),
         ([], "command"),
     ],
 )
@@ -159,6 +162,8 @@ def test_cli_demo_end_to_end(tmp_path, capsys):
             "2",
             "--max-new-tokens",
             "3",
+            "--one-shot-steps",
+            "0",
             "--no-progress",
         ]
     )
