@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--output", default=None, help="also write all ranked rows to this JSONL file")
     select.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    from em_hf.eval.command import add_eval_parser
+
+    add_eval_parser(sub)
+
     sub.add_parser(
         "build-ops",
         help="compile the C++ entropy kernels ahead of time (otherwise done on first use)",
@@ -253,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run_demo(args)
     elif args.command == "select":
         _run_select(args)
+    elif args.command == "eval":
+        from em_hf.eval.command import run_eval
+
+        return run_eval(args)
     elif args.command == "build-ops":
         return _build_ops()
     return 0

@@ -1,11 +1,23 @@
-"""Decoding methods as data: generate() settings plus the logits processors a method adds.
+"""Decoding methods as data: generate() settings, the logits processors a method adds, and how many
+trajectories it draws and how it combines them.
 
 A method is written on the command line as ``NAME[:key=value,...]``, e.g. ``greedy``, ``sample``,
-``sample:t=0.1``, ``adaptive:alpha=0.5``, ``em-inf:t=0.1,n_steps=5``. ``t`` is the sampling
-temperature (generate's temperature warper, applied AFTER the method's processors), ``top_p``
-and ``top_k`` the usual filters (default: none, i.e. plain sampling); every other key goes to the
-method's processor (:class:`~em_hf.EntropyMinLogitsProcessor` for ``em-inf``,
-:class:`~em_hf.AdaptiveTemperatureLogitsWarper` for ``adaptive``).
+``sample:t=0.1``, ``adaptive:alpha=0.5``, ``em-inf:t=0.1,n_steps=5``, ``sc:n=4`` (or ``sc:4``),
+``em-inf-sc:4,t=0.5``, ``refine:n=3``. ``t`` is the sampling temperature (generate's temperature
+warper, applied AFTER the method's processors), ``top_p`` and ``top_k`` the usual filters (default:
+none, i.e. plain sampling); ``n`` the number of trajectories (self-consistency) or rounds (iterative
+refinement); every other key goes to the method's processor
+(:class:`~em_hf.EntropyMinLogitsProcessor` for ``em-inf``, :class:`~em_hf.AdaptiveTemperatureLogitsWarper`
+for ``adaptive``).
+
+Names: a BASE decoding (``greedy``, ``sample``, ``adaptive``, ``em-inf``), optionally followed by a
+STRATEGY suffix (paper 1, section 4 and appendix C.1):
+
+- ``-sc``: self-consistency, ``n`` sampled trajectories per prompt (default 4), majority vote over their
+  extracted final answers. ``sc`` alone means ``sample-sc``; ``greedy-sc`` is rejected (n identical
+  trajectories).
+- ``-refine``: iterative refinement, ``n`` rounds (default 3): each round after the first sees its
+  previous answer and an instruction to check and improve it. ``refine`` alone means ``sample-refine``.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from transformers import LogitsProcessor
 from em_hf.generation import AdaptiveTemperatureLogitsWarper, EntropyMinLogitsProcessor
 from em_hf.generation.utils import check_number
 
-__all__ = ["DecodingMethod", "parse_method"]
+__all__ = ["KINDS", "DecodingMethod", "parse_method"]
 
 _PROCESSORS: dict[str, Callable[..., LogitsProcessor] | None] = {
     "greedy": None,
@@ -28,12 +40,31 @@ _PROCESSORS: dict[str, Callable[..., LogitsProcessor] | None] = {
     "em-inf": EntropyMinLogitsProcessor,
 }
 _SAMPLING_KEYS = {"t", "top_p", "top_k"}
+STRATEGIES = {"single": 1, "sc": 4, "refine": 3}  # strategy -> default n
+KINDS = (
+    *_PROCESSORS,
+    "sc",
+    *(f"{base}-sc" for base in _PROCESSORS if base != "greedy"),
+    "refine",
+    *(f"{base}-refine" for base in _PROCESSORS),
+)
+
+
+def _split_kind(kind: str) -> tuple[str, str]:
+    """``"em-inf-sc"`` -> (``"em-inf"``, ``"sc"``); ``"sc"`` -> (``"sample"``, ``"sc"``)."""
+    for strategy in ("sc", "refine"):
+        if kind == strategy:
+            return "sample", strategy
+        if kind.endswith(f"-{strategy}"):
+            return kind[: -len(strategy) - 1], strategy
+    return kind, "single"
 
 
 @dataclass(frozen=True)
 class DecodingMethod:
-    """One decoding method: ``kind`` in greedy / sample / adaptive / em-inf, sampling settings and
-    the keyword arguments of the method's logits processor."""
+    """One decoding method: ``kind`` (see :data:`KINDS` and the module docstring), sampling settings,
+    the keyword arguments of the method's logits processor, and ``n`` (trajectories for ``-sc``,
+    rounds for ``-refine``; 0 means the strategy's default, 1 for single-trajectory methods)."""
 
     kind: str
     temperature: float = 1.0
@@ -41,12 +72,25 @@ class DecodingMethod:
     top_k: int = 0
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    n: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in _PROCESSORS:
-            raise ValueError(f"Unknown decoding method {self.kind!r}; choose from {sorted(_PROCESSORS)}.")
-        if self.kind == "greedy" and self.processor_kwargs:
-            raise ValueError("`greedy` takes no options.")
+        if self.kind not in KINDS:
+            if self.kind == "greedy-sc":
+                raise ValueError(
+                    "Self-consistency with greedy decoding draws n identical trajectories; use `sc` "
+                    "(sampling), `em-inf-sc` or `adaptive-sc`."
+                )
+            raise ValueError(f"Unknown decoding method {self.kind!r}; choose from {sorted(KINDS)}.")
+        if self.base == "greedy" and self.processor_kwargs:
+            raise ValueError(f"`{self.kind}` takes no options.")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 0:
+            raise ValueError(f"`n` must be an integer >= 1, got {self.n!r}.")
+        if self.strategy == "single" and self.n > 1:
+            raise ValueError(
+                f"`n` applies to self-consistency (`{self.kind}-sc`) and refinement (`{self.kind}-refine`), "
+                f"not to `{self.kind}`."
+            )
         if self.do_sample:
             check_number("t (sampling temperature)", self.temperature, low=0.0, low_open=True)
             check_number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
@@ -60,12 +104,27 @@ class DecodingMethod:
         return self.label or self.kind
 
     @property
+    def base(self) -> str:
+        """The per-step decoding: ``greedy``, ``sample``, ``adaptive`` or ``em-inf``."""
+        return _split_kind(self.kind)[0]
+
+    @property
+    def strategy(self) -> str:
+        """``single``, ``sc`` (self-consistency) or ``refine`` (iterative refinement)."""
+        return _split_kind(self.kind)[1]
+
+    @property
+    def num_trajectories(self) -> int:
+        """Trajectories (``-sc``) or rounds (``-refine``) per item: ``n``, or the strategy's default."""
+        return self.n or STRATEGIES[self.strategy]
+
+    @property
     def do_sample(self) -> bool:
-        return self.kind != "greedy"
+        return self.base != "greedy"
 
     def logits_processors(self) -> list[LogitsProcessor]:
         """Fresh processor instances for one ``generate`` call."""
-        factory = _PROCESSORS[self.kind]
+        factory = _PROCESSORS[self.base]
         return [] if factory is None else [factory(**self.processor_kwargs)]
 
     def generation_kwargs(self) -> dict[str, Any]:
@@ -85,21 +144,39 @@ def _parse_value(text: str) -> Any:
 
 
 def parse_method(spec: str) -> DecodingMethod:
-    """Parse ``NAME[:key=value,...]`` (see the module docstring) into a :class:`DecodingMethod`."""
+    """Parse ``NAME[:key=value,...]`` (see the module docstring) into a :class:`DecodingMethod`.
+
+    For ``-sc``/``-refine`` methods the first option may be a bare integer, read as ``n``
+    (``sc:4`` = ``sc:n=4``)."""
     kind, _, options = spec.strip().partition(":")
     kind = kind.strip().lower().replace("_", "-")
-    if kind not in _PROCESSORS:
-        raise ValueError(f"Unknown decoding method {kind!r} in {spec!r}; choose from {sorted(_PROCESSORS)}.")
+    if kind not in KINDS and kind != "greedy-sc":
+        raise ValueError(f"Unknown decoding method {kind!r} in {spec!r}; choose from {sorted(KINDS)}.")
+    strategy = _split_kind(kind)[1]
     sampling: dict[str, Any] = {}
     processor_kwargs: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in options.split(","))):
+    n = 0
+    for position, item in enumerate(filter(None, (part.strip() for part in options.split(",")))):
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep and position == 0 and strategy != "single" and item.isdigit():
+            key, value = "n", item
+        elif not sep:
             raise ValueError(f"Option {item!r} of {spec!r} must be written key=value.")
+        key, value = key.strip(), value.strip()
+        if key == "n":
+            if strategy == "single":
+                raise ValueError(
+                    f"`n` in {spec!r}: only self-consistency (`{kind}-sc`) and refinement (`{kind}-refine`) "
+                    "take a number of trajectories."
+                )
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"`n` in {spec!r} must be an integer >= 1, got {value!r}.")
+            n = int(value)
+            continue
         target = sampling if key in _SAMPLING_KEYS else processor_kwargs
-        target[key.strip()] = _parse_value(value.strip())
-    if kind == "greedy" and sampling:
-        raise ValueError(f"`greedy` takes no sampling options, got {spec!r}.")
+        target[key] = _parse_value(value)
+    if _split_kind(kind)[0] == "greedy" and sampling:
+        raise ValueError(f"`{kind}` takes no sampling options, got {spec!r}.")
     try:
         return DecodingMethod(
             kind=kind,
@@ -108,6 +185,7 @@ def parse_method(spec: str) -> DecodingMethod:
             top_k=int(sampling.get("top_k", 0)),
             processor_kwargs=processor_kwargs,
             label=spec.strip(),
+            n=n,
         )
     except TypeError as error:  # an unknown processor keyword
         raise ValueError(f"Bad option in decoding method {spec!r}: {error}") from error

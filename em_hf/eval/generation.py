@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -20,12 +20,16 @@ Prompt = str | list[dict[str, str]]
 
 @dataclass(frozen=True)
 class Completion:
-    """One generated answer: its text, its number of generated tokens (through the first EOS) and
-    the mean over those tokens of the model's entropy H(softmax(z_t)) (nats)."""
+    """One generated answer: its text, its number of generated tokens (through the first EOS), the
+    mean over those tokens of the model's entropy H(softmax(z_t)) (nats), the number of prompt tokens
+    the model processed for it (padding excluded) and its share of the batch's wall time (the batch
+    time divided by the rows of the batch; not part of equality, which compares the outputs)."""
 
     text: str
     num_tokens: int
     mean_entropy: float
+    prompt_tokens: int = 0
+    seconds: float = field(default=0.0, compare=False)
 
 
 def render_prompts(tokenizer, prompts: Sequence[Prompt]) -> list[str]:
@@ -91,6 +95,7 @@ def generate_completions(
             add_special_tokens=False,
         ).to(device)
         recorder = TokenEntropyRecorder()
+        batch_start = time.perf_counter()
         with torch.no_grad():
             output = model.generate(
                 **batch,
@@ -103,8 +108,10 @@ def generate_completions(
         lengths = mask.sum(dim=1)
         mean_entropy = (entropies * mask).sum(dim=1) / lengths.clamp_min(1)
         decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+        share = (time.perf_counter() - batch_start) / len(decoded)
         completions.extend(
-            Completion(text=t, num_tokens=int(n), mean_entropy=float(h))
-            for t, n, h in zip(decoded, lengths, mean_entropy, strict=True)
+            Completion(text=t, num_tokens=int(n), mean_entropy=float(h), prompt_tokens=int(p), seconds=share)
+            for t, n, h, p in zip(decoded, lengths, mean_entropy, prompt_tokens, strict=True)
         )
     return completions, time.perf_counter() - start

@@ -1,0 +1,144 @@
+"""``em-hf eval``: benchmarks x decoding methods x seeds with graders, FLOPs, tables and a plot.
+
+    em-hf eval --model default --benchmark math500:level=1 arithmetic --limit 40 \\
+        --methods greedy,sample,sc:4,adaptive,em-inf --seeds 3 --out runs/eval
+
+Benchmarks and methods are space- or comma-separated specs (``NAME[:key=value,...]``; see
+:mod:`em_hf.eval.benchmarks` and :mod:`em_hf.eval.decoding`). Results go to ``--out``
+(:mod:`em_hf.eval.runner`); running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+__all__ = ["add_eval_parser", "run_eval"]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def add_eval_parser(sub) -> argparse.ArgumentParser:
+    """Register the ``eval`` subcommand on an ``add_subparsers`` object."""
+    from em_hf.eval.benchmarks import BENCHMARKS
+    from em_hf.eval.decoding import KINDS
+
+    parser = sub.add_parser(
+        "eval",
+        help="evaluate decoding methods (greedy, sampling, self-consistency, refinement, adaptive, EM-INF) "
+        "on the papers' benchmarks",
+        description="Answer benchmark items with each decoding method, grade them (math-verify, the code "
+        "sandbox, physics tolerance), and write items.jsonl, a Table-3-shaped markdown table and an "
+        "accuracy-vs-FLOPs plot to --out. Re-running the same command resumes.",
+    )
+    parser.add_argument(
+        "--model", default="default", help="'default' or a model id/folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--load-in-8bit", action="store_true", help="quantize the model to 8-bit (bitsandbytes)"
+    )
+    parser.add_argument(
+        "--benchmark",
+        "--benchmarks",
+        dest="benchmarks",
+        nargs="+",
+        required=True,
+        help="benchmarks, NAME[:key=value,...] (metadata filters such as math500:level=1; "
+        "arithmetic:n=,seed=), "
+        f"space- or comma-separated; names: {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["greedy", "sample", "adaptive", "em-inf"],
+        help=f"decoding methods, NAME[:key=value,...], space- or comma-separated; names: {', '.join(KINDS)}; "
+        "e.g. sc:4 em-inf:t=0.1,n_steps=5 refine:n=3 (default: %(default)s)",
+    )
+    parser.add_argument("--limit", type=_positive_int, default=None, help="first N items of each benchmark")
+    parser.add_argument(
+        "--seeds", type=_positive_int, default=1, help="seeds per sampled method (default: 1)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder (created; an existing run there is resumed)"
+    )
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=256, help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per generate call")
+    parser.add_argument(
+        "--benchmark-dir",
+        default=None,
+        help="folder with the benchmark files (default: "
+        "$EM_HF_BENCHMARKS, else shared/benchmarks beside/above the current folder)",
+    )
+    parser.add_argument(
+        "--template", default=None, help="prompt template with {question} for every benchmark"
+    )
+    parser.add_argument("--code-timeout", type=_positive_float, default=10.0, help="seconds per program run")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run ``em-hf eval`` from parsed arguments; prints the tables and where the files are."""
+    import torch
+
+    from em_hf.eval.benchmarks import load_benchmark
+    from em_hf.eval.decoding import parse_method
+    from em_hf.eval.runner import evaluate, split_specs
+    from em_hf.models import load_model
+
+    start = time.perf_counter()
+    try:
+        methods = [parse_method(spec) for spec in split_specs(args.methods)]
+        benchmark_specs = split_specs(args.benchmarks)
+        benchmarks = {
+            spec: load_benchmark(spec, path=args.benchmark_dir, limit=args.limit, template=args.template)
+            for spec in benchmark_specs
+        }
+    except (ValueError, FileNotFoundError) as error:
+        print(f"em-hf eval: error: {error}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, load_in_8bit=args.load_in_8bit)
+    print(f"Loaded {args.model} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    try:
+        run = evaluate(
+            model,
+            tokenizer,
+            benchmarks,
+            methods,
+            out_dir=args.out,
+            seeds=range(args.seeds),
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            model_name=str(args.model),
+            code_timeout_s=args.code_timeout,
+            progress=not args.no_progress,
+            plot=not args.no_plot,
+        )
+    except ValueError as error:
+        print(f"em-hf eval: error: {error}", file=sys.stderr)
+        return 2
+    assert run.table_path is not None
+    print(run.table_path.read_text(encoding="utf-8"))
+    print(
+        f"{len(run.records)} item results in {args.out}/items.jsonl; table: {run.table_path}"
+        + (f"; plot: {run.plot_path}" if run.plot_path else "")
+        + f". Generation and grading {run.seconds:.0f} s, total {time.perf_counter() - start:.0f} s."
+    )
+    return 0

@@ -1,0 +1,192 @@
+"""Run one decoding method on a batch of benchmark items: single trajectory, self-consistency or
+iterative refinement, all through :func:`~em_hf.eval.generation.generate_completions` (batched
+``model.generate`` plus the method's logits processors).
+
+Accounting per item (what :class:`ItemResult` holds):
+
+- ``tokens``: generated tokens through the first EOS, summed over the item's trajectories/rounds;
+- ``prompt_tokens``: prompt tokens the model processed (padding excluded), summed likewise (refinement
+  rounds re-read the growing conversation, so they count again);
+- ``flops = 2 * P * (prompt_tokens + tokens)`` (paper 1, appendix D.4: inference costs 2PD), P the
+  model's parameters (tied weights once). Not counted: padding and the steps a batch keeps running
+  after a row's EOS (implementation waste, not method cost), and the EM-INF / adaptive-temperature
+  logit work, O(n_steps * V) per token, under 0.5% of 2P per token for the default model;
+- ``seconds``: the item's share of its batches' wall time (batch time / rows), summed;
+- ``mean_entropy``: the model's own token entropy averaged over every generated token of the item
+  (token-weighted over trajectories/rounds), recorded before any processor.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from em_hf.eval.benchmarks import BenchmarkItem
+from em_hf.eval.decoding import DecodingMethod
+from em_hf.eval.generation import Completion, generate_completions
+from em_hf.eval.scoring import final_answer, grade_item
+
+__all__ = ["REFINE_INSTRUCTIONS", "ItemResult", "count_parameters", "majority_vote", "run_items"]
+
+REFINE_INSTRUCTIONS = {
+    "math": (
+        "Review your previous solution carefully: check every step for mistakes, then write an improved "
+        "solution. Please reason step by step, and put your final answer within \\boxed{}."
+    ),
+    "physics": (
+        "Review your previous solution carefully: check every step and every number for mistakes, then write "
+        "an improved solution. Put your final answer within \\boxed{}."
+    ),
+    "code": (
+        "Review your previous code carefully: check it against the examples and the constraints, then write "
+        "the corrected complete solution in a single ```python code block."
+    ),
+    "arithmetic": "Check your previous answer carefully and correct it if needed. "
+    "Reply with just the number.",
+}
+
+
+@dataclass
+class ItemResult:
+    """One (benchmark, method, seed, item) outcome; one line of the run's JSONL."""
+
+    benchmark: str
+    method: str
+    seed: int
+    item_id: str
+    answer: str | None
+    reference: str | None
+    correct: bool
+    status: str
+    tokens: int
+    prompt_tokens: int
+    seconds: float
+    mean_entropy: float
+    flops: float
+    trajectories: int
+    completion: str
+    answers: list[str | None] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_parameters(model) -> int:
+    """P of the 2PD rule: the model's parameters, a tied embedding/LM head counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def majority_vote(answers: Sequence[str | None]) -> int:
+    """Index of the trajectory whose answer wins the vote: the most frequent non-None answer, ties
+    going to the answer seen first; 0 when no trajectory has an answer."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return 0
+    best = max(counts.values())
+    winner = next(a for a in answers if a is not None and counts[a] == best)
+    return answers.index(winner)
+
+
+def _aggregate(
+    item: BenchmarkItem,
+    method: DecodingMethod,
+    seed: int,
+    trajectories: list[Completion],
+    chosen: int,
+    answers: list[str | None],
+    num_parameters: int,
+    code_timeout_s: float,
+) -> ItemResult:
+    text = trajectories[chosen].text
+    grade = grade_item(item, text, code_timeout_s=code_timeout_s)
+    tokens = sum(c.num_tokens for c in trajectories)
+    prompt_tokens = sum(c.prompt_tokens for c in trajectories)
+    entropy_sum = sum(c.mean_entropy * c.num_tokens for c in trajectories)
+    return ItemResult(
+        benchmark=item.benchmark,
+        method=method.name,
+        seed=seed,
+        item_id=item.id,
+        answer=grade.answer,
+        reference=item.reference if item.task != "physics" else ", ".join(item.references),
+        correct=grade.correct,
+        status=grade.status,
+        tokens=tokens,
+        prompt_tokens=prompt_tokens,
+        seconds=sum(c.seconds for c in trajectories),
+        mean_entropy=entropy_sum / tokens if tokens else 0.0,
+        flops=2.0 * num_parameters * (prompt_tokens + tokens),
+        trajectories=len(trajectories),
+        completion=text,
+        answers=answers,
+    )
+
+
+def run_items(
+    model,
+    tokenizer,
+    items: Sequence[BenchmarkItem],
+    method: DecodingMethod,
+    seed: int = 0,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    code_timeout_s: float = 10.0,
+    num_parameters: int | None = None,
+) -> list[ItemResult]:
+    """Answer ``items`` with ``method`` and grade them; one :class:`ItemResult` per item, in order.
+
+    Self-consistency (``-sc``) generates ``n`` trajectories per item (the item's prompt repeated, so
+    they share batches) and votes (:func:`majority_vote` over
+    :func:`~em_hf.eval.scoring.final_answer`); the winning trajectory is graded. It is not defined
+    for code (no answer to vote on): a ``ValueError`` says so. Refinement (``-refine``) runs ``n``
+    rounds; round r > 1 sends the conversation [question, previous answer, instruction to check and
+    improve it] and the last round is graded. ``torch.manual_seed(seed)`` is set before each
+    ``generate`` batch sequence (see :func:`~em_hf.eval.generation.generate_completions`).
+    """
+    if not items:
+        raise ValueError("`items` is empty: nothing to evaluate.")
+    params = count_parameters(model) if num_parameters is None else num_parameters
+    n = method.num_trajectories
+    generate = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=False)
+    if method.strategy == "sc":
+        code = [item for item in items if item.task == "code"]
+        if code:
+            raise ValueError(
+                f"Self-consistency ({method.name}) does not apply to code ({code[0].benchmark}): "
+                "a program has "
+                "no final answer to vote on. Use a single-trajectory method or refinement."
+            )
+        prompts = [item.prompt for item in items for _ in range(n)]
+        completions, _ = generate_completions(model, tokenizer, prompts, method, **generate)
+        results = []
+        for index, item in enumerate(items):
+            group = completions[index * n : (index + 1) * n]
+            answers = [final_answer(item, c.text) for c in group]
+            results.append(
+                _aggregate(item, method, seed, group, majority_vote(answers), answers, params, code_timeout_s)
+            )
+        return results
+    rounds: list[list[Completion]] = [[] for _ in items]
+    for round_index in range(n if method.strategy == "refine" else 1):
+        prompts = [
+            item.prompt
+            if round_index == 0
+            else [
+                *item.prompt,
+                {"role": "assistant", "content": history[-1].text},
+                {"role": "user", "content": REFINE_INSTRUCTIONS[item.task]},
+            ]
+            for item, history in zip(items, rounds, strict=True)
+        ]
+        generate["seed"] = seed + 7919 * round_index  # a different stream for each round
+        completions, _ = generate_completions(model, tokenizer, prompts, method, **generate)
+        for history, completion in zip(rounds, completions, strict=True):
+            history.append(completion)
+    results = []
+    for item, history in zip(items, rounds, strict=True):
+        answers = [final_answer(item, c.text) for c in history] if item.task != "code" else []
+        results.append(
+            _aggregate(item, method, seed, history, len(history) - 1, answers, params, code_timeout_s)
+        )
+    return results

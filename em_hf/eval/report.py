@@ -1,0 +1,220 @@
+"""Per-method summaries of a run: accuracy with a 95% interval, cost (tokens, time, FLOPs), and
+whether confidence tracks correctness; rendered as markdown tables (paper 1, Table 3 layout) and an
+accuracy-vs-FLOPs plot (paper 1, Figure 1).
+
+- Accuracy: the mean over every (item, seed) record. Interval: the Wilson score interval
+  (z = 1.96) with n = the number of ITEMS. With several seeds the per-item accuracies are averages in
+  [0, 1] whose variance is at most p(1-p), so this n is conservative (seeds never count as new items).
+- AUROC: how well the confidence score s = -mean token entropy ranks correct above wrong answers,
+  in the Mann-Whitney form AUROC = (R_correct - n_c (n_c + 1) / 2) / (n_c n_w), R_correct the sum of
+  the correct answers' ranks of s (ties get their average rank, i.e. count one half); undefined
+  (None) when every answer is correct or every answer is wrong. 0.5 = no signal.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "MethodSummary",
+    "auroc",
+    "format_details",
+    "format_table",
+    "plot_accuracy_vs_flops",
+    "summarize",
+    "wilson_interval",
+]
+
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(p: float, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` observed on ``n`` trials:
+    (c - h, c + h) with c = (p + z^2/2n) / (1 + z^2/n), h = z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"`p` must be a proportion in [0, 1], got {p!r}.")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` must be an integer >= 1, got {n!r}.")
+    denominator = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    # The bounds contain p exactly (rounding could put 0 just above the lower bound at p = 0).
+    return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of ``scores`` for the positive ``labels``, Mann-Whitney form with
+    average ranks for ties (module docstring); None when one class is empty."""
+    if len(scores) != len(labels):
+        raise ValueError(f"`scores` and `labels` differ in length: {len(scores)} vs {len(labels)}.")
+    if any(not math.isfinite(s) for s in scores):
+        raise ValueError("`scores` must be finite numbers.")
+    positives = sum(bool(label) for label in labels)
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        average = (start + end) / 2 + 1  # ranks are 1-based
+        for position in range(start, end + 1):
+            ranks[order[position]] = average
+        start = end + 1
+    rank_sum = sum(rank for rank, label in zip(ranks, labels, strict=True) if label)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """One (benchmark, method) row: accuracy over items x seeds with its Wilson interval, and per-item
+    means of generated tokens, seconds, FLOPs and token entropy; AUROC of -entropy for correctness."""
+
+    benchmark: str
+    method: str
+    n_items: int
+    n_seeds: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    tokens: float
+    seconds: float
+    flops: float
+    mean_entropy: float
+    auroc: float | None
+
+
+def summarize(records: Iterable[dict]) -> list[MethodSummary]:
+    """One :class:`MethodSummary` per (benchmark, method), in order of first appearance."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["benchmark"], record["method"]), []).append(record)
+    summaries = []
+    for (benchmark, method), rows in groups.items():
+        n_items = len({r["item_id"] for r in rows})
+        accuracy = statistics.fmean(bool(r["correct"]) for r in rows)
+        low, high = wilson_interval(accuracy, n_items)
+        summaries.append(
+            MethodSummary(
+                benchmark=benchmark,
+                method=method,
+                n_items=n_items,
+                n_seeds=len({r["seed"] for r in rows}),
+                accuracy=accuracy,
+                ci_low=low,
+                ci_high=high,
+                tokens=statistics.fmean(r["tokens"] for r in rows),
+                seconds=statistics.fmean(r["seconds"] for r in rows),
+                flops=statistics.fmean(r["flops"] for r in rows),
+                mean_entropy=statistics.fmean(r["mean_entropy"] for r in rows),
+                auroc=auroc([-r["mean_entropy"] for r in rows], [bool(r["correct"]) for r in rows]),
+            )
+        )
+    return summaries
+
+
+def _methods_and_benchmarks(summaries: Sequence[MethodSummary]) -> tuple[list[str], list[str]]:
+    methods = list(dict.fromkeys(s.method for s in summaries))
+    benchmarks = list(dict.fromkeys(s.benchmark for s in summaries))
+    return methods, benchmarks
+
+
+def format_table(summaries: Sequence[MethodSummary], not_applicable: Iterable[tuple[str, str]] = ()) -> str:
+    """Paper 1, Table 3 layout: one row per method, accuracy (%) per benchmark, and their average
+    when there are several benchmarks. ``–`` marks (benchmark, method) pairs that do not apply
+    (self-consistency on code) or were not run."""
+    methods, benchmarks = _methods_and_benchmarks(summaries)
+    for benchmark, method in not_applicable:
+        if method not in methods:
+            methods.append(method)
+        if benchmark not in benchmarks:
+            benchmarks.append(benchmark)
+    cells = {(s.benchmark, s.method): s for s in summaries}
+    average = len(benchmarks) > 1
+    header = ["method", *benchmarks, *(["Avg."] if average else [])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        values = [cells[(b, method)].accuracy for b in benchmarks if (b, method) in cells]
+        row = [method] + [
+            f"{100 * cells[(b, method)].accuracy:.1f}" if (b, method) in cells else "–" for b in benchmarks
+        ]
+        if average:
+            row.append(f"{100 * statistics.fmean(values):.1f}" if len(values) == len(benchmarks) else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def format_details(summaries: Sequence[MethodSummary]) -> str:
+    """Every summary field: accuracy with its 95% Wilson interval, items x seeds, and per-item cost."""
+    lines = [
+        "| benchmark | method | accuracy % [95% CI] | items x seeds | tokens / item | s / item "
+        "| FLOPs / item | mean entropy (nats) | AUROC(-entropy) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        area = "n/a" if s.auroc is None else f"{s.auroc:.2f}"
+        lines.append(
+            f"| {s.benchmark} | {s.method} "
+            f"| {100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}] "
+            f"| {s.n_items} x {s.n_seeds} | {s.tokens:.1f} | {s.seconds:.2f} | {s.flops:.3g} "
+            f"| {s.mean_entropy:.3f} | {area} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: str | Path, title: str = "") -> Path:
+    """Accuracy (with the 95% interval) against FLOPs per item, one panel per benchmark and one
+    marker per method (paper 1, Figure 1); saved to ``path`` (PNG/SVG/PDF by its suffix)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:  # pragma: no cover - depends on the installation
+        raise ImportError("The plot needs matplotlib: pip install 'em_hf[eval]'.") from error
+    if not summaries:
+        raise ValueError("`summaries` is empty: nothing to plot.")
+    methods, benchmarks = _methods_and_benchmarks(summaries)
+    markers = "osD^vP*Xh<>p"
+    colors = plt.get_cmap("tab10")
+    figure, axes = plt.subplots(1, len(benchmarks), figsize=(4.2 * len(benchmarks), 3.6), squeeze=False)
+    for axis, benchmark in zip(axes[0], benchmarks, strict=True):
+        for index, method in enumerate(methods):
+            rows = [s for s in summaries if s.benchmark == benchmark and s.method == method]
+            if not rows:
+                continue
+            s = rows[0]
+            axis.errorbar(
+                s.flops,
+                100 * s.accuracy,
+                yerr=[[100 * (s.accuracy - s.ci_low)], [100 * (s.ci_high - s.accuracy)]],
+                fmt=markers[index % len(markers)],
+                color=colors(index % 10),
+                capsize=3,
+                label=method,
+            )
+        axis.set_xscale("log")
+        axis.set_xlabel("FLOPs per item (2PD)")
+        axis.set_ylabel("accuracy (%)")
+        axis.set_title(benchmark)
+        axis.grid(True, alpha=0.3)
+    legend: dict[str, object] = {}
+    for axis in axes[0]:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="center right", fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0, 0.82, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
