@@ -15,6 +15,7 @@ trl primitives reused: ``RepeatSampler`` (each prompt repeated ``num_generations
 from __future__ import annotations
 
 import copy
+import functools
 import time
 import warnings
 from collections import defaultdict
@@ -45,6 +46,25 @@ Prompt = str | list[dict[str, Any]]
 def _keep_examples(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The data collator: examples stay raw; prompts are tokenized when their completions are generated."""
     return features
+
+
+@functools.cache
+def _epoch_seeded_repeat_sampler_class() -> type:
+    """trl's ``RepeatSampler`` whose shuffled order is a function of ``(seed, epoch)``.
+
+    trl's sampler draws every epoch's permutation from one generator seeded once, which a run resumed from a
+    checkpoint does not advance through the finished epochs: it would replay epoch 0's prompt order.
+    Accelerate calls ``set_epoch`` before each epoch (resumed runs included), so reseeding there makes a
+    resumed run see the prompts in the same order as an uninterrupted one.
+    """
+    from trl.trainer.utils import RepeatSampler
+
+    class EpochSeededRepeatSampler(RepeatSampler):
+        def set_epoch(self, epoch: int) -> None:
+            if self.shuffle:
+                self.generator.manual_seed((self.seed or 0) + epoch)
+
+    return EpochSeededRepeatSampler
 
 
 def _is_peft_model(model: nn.Module) -> bool:
@@ -238,10 +258,8 @@ class EntropyMinTrainer(Trainer):
             self._signature_columns = ["prompt"]
 
     def _get_train_sampler(self, dataset: Any = None):
-        from trl.trainer.utils import RepeatSampler
-
         dataset = self.train_dataset if dataset is None else dataset
-        return RepeatSampler(
+        return _epoch_seeded_repeat_sampler_class()(
             data_source=dataset,
             mini_repeat_count=self.args.num_generations,
             shuffle=self.args.shuffle_dataset,
