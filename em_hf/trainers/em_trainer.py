@@ -464,6 +464,6 @@ class EntropyMinTrainer(Trainer):
         metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
         if mode == "eval":
             metrics = {f"eval_{key}": value for key, value in metrics.items()}
-        logs = {**logs, **metrics}
+        logs.update(metrics)  # in place, as trl does: evaluate() then returns eval_entropy etc. too
         super().log(logs, start_time)
         self._metrics[mode].clear()

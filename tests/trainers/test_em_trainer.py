@@ -354,6 +354,7 @@ def test_evaluate_reports_the_em_loss_of_the_eval_prompts(tmp_path):
     assert logged["eval_loss"] == metrics["eval_loss"]
     assert logged["eval_entropy"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
     assert 1 <= logged["eval_completions/mean_length"] <= 6
+    assert metrics["eval_entropy"] == logged["eval_entropy"]  # returned by evaluate() too
     assert not trainer._metrics["eval"]  # emptied once logged
 
 
