@@ -94,6 +94,7 @@ def run_one_shot_demo(
     eval_methods: Sequence[str] = ("greedy", "sample:t=0.5", "sample"),
     seeds: Sequence[int] = (0, 1, 2),
     eval_every: int = 1,
+    learning_rate: float = 2e-5,
     max_new_tokens: int = 32,
     batch_size: int = 64,
     output_dir: str | None = None,
@@ -139,6 +140,7 @@ def run_one_shot_demo(
             gradient_accumulation_steps=samples_per_step // micro_batch,
             max_completion_length=max_completion_length,
             max_steps=steps,
+            learning_rate=learning_rate,
             report_to=[],
             save_strategy="no",
             logging_steps=1,
@@ -175,6 +177,7 @@ def run_one_shot_demo(
             "k": k,
             "eval_items": eval_items,
             "seeds": list(seeds),
+            "learning_rate": learning_rate,
         },
     )
 
@@ -188,7 +191,7 @@ def format_one_shot_report(result: OneShotDemoResult) -> str:
         f"{s['candidates']} candidates x {s['k']} samples), {s['steps']} steps x "
         f"{s['samples_per_step']} samples (paper: 64), completions <= {s['max_completion_length']} tokens, "
         "T = 0.5 in sampling and entropy, "
-        "AdamW lr 2e-5.",
+        f"AdamW lr {s['learning_rate']:g} (constant).",
         "",
         "| method | accuracy before | accuracy after | entropy before | entropy after | items x seeds |",
         "|---|---|---|---|---|---|",

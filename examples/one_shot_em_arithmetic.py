@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--eval-every", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=2e-5, help="(paper: 2e-5)")
     parser.add_argument("--out", default="runs/one_shot_em")
     args = parser.parse_args()
 
@@ -61,6 +62,7 @@ def main() -> None:
         eval_items=args.items,
         seeds=range(args.seeds),
         eval_every=args.eval_every,
+        learning_rate=args.learning_rate,
     )
     report = format_one_shot_report(result)
     print(report)
