@@ -101,10 +101,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", nargs="+", default=["base", *RUNS], choices=["base", *RUNS])
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--prompts-per-step", type=int, default=4)
-    parser.add_argument("--max-completion-length", type=int, default=32)
+    parser.add_argument("--max-completion-length", type=int, default=24)
     parser.add_argument("--train-prompts", type=int, default=64)
     parser.add_argument("--train-data-seed", type=int, default=1)
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[0])
