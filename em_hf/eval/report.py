@@ -184,7 +184,12 @@ def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: str | Path,
     methods, benchmarks = _methods_and_benchmarks(summaries)
     markers = "osD^vP*Xh<>p"
     colors = plt.get_cmap("tab10")
-    figure, axes = plt.subplots(1, len(benchmarks), figsize=(4.2 * len(benchmarks), 3.6), squeeze=False)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    legend_rows = (len(methods) + 3) // 4  # under the panels
+    figure, axes = plt.subplots(
+        1, len(benchmarks), figsize=(max(4.8, 4.2 * len(benchmarks)), 3.4 + 0.25 * legend_rows), squeeze=False
+    )
     for axis, benchmark in zip(axes[0], benchmarks, strict=True):
         for index, method in enumerate(methods):
             rows = [s for s in summaries if s.benchmark == benchmark and s.method == method]
@@ -201,6 +206,9 @@ def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: str | Path,
                 label=method,
             )
         axis.set_xscale("log")
+        axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.0e}"))
+        axis.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log range
         axis.set_xlabel("FLOPs per item (2PD)")
         axis.set_ylabel("accuracy (%)")
         axis.set_title(benchmark)
@@ -209,10 +217,12 @@ def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: str | Path,
     for axis in axes[0]:
         for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
-    figure.legend(list(legend.values()), list(legend), loc="center right", fontsize=8)
+    figure.legend(
+        list(legend.values()), list(legend), loc="lower center", ncol=min(4, len(legend)), fontsize=8
+    )
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout(rect=(0, 0, 0.82, 1))
+    figure.tight_layout(rect=(0, 0.02 + 0.06 * legend_rows, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
