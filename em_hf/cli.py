@@ -1,4 +1,4 @@
-"""The ``em-hf`` command line. Subcommands: ``demo``, ``select``, ``build-ops``."""
+"""The ``em-hf`` command line. Subcommands: ``demo``, ``eval``, ``select``, ``build-ops``."""
 
 from __future__ import annotations
 

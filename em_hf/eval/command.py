@@ -14,14 +14,9 @@ import argparse
 import sys
 import time
 
+from em_hf.cli import _positive_int
+
 __all__ = ["add_eval_parser", "run_eval"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
 def _positive_float(text: str) -> float:
