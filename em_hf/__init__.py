@@ -8,8 +8,9 @@ Public names are imported lazily, so ``import em_hf`` stays cheap::
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from em_hf.utils.lazy import lazy_module_attributes
 
 __version__ = "0.1.0"
 
@@ -55,13 +56,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loade
     )
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'em_hf' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_module_attributes(__name__, globals(), _EXPORTS)

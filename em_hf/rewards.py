@@ -17,7 +17,7 @@ form trl's ``RLOOTrainer`` and ``GRPOTrainer`` call (``prompts``, ``completions`
 
     r(y_i) = (1/N) sum_{j=1}^{N} 1[a_i == a_j]     over the N completions of the same prompt,
 
-with a_i the final answer of completion i (:func:`em_hf.eval.answers.extract_answer`: the last
+with a_i the final answer of completion i (:func:`em_hf.utils.answers.extract_answer`: the last
 ``\\boxed{}``, else the last number). A completion without an extractable answer gets 0 and never
 counts as a vote for another one.
 """
@@ -30,18 +30,15 @@ from typing import Any
 
 import torch
 
-from em_hf.eval.answers import extract_answer
+from em_hf.utils.answers import extract_answer
+from em_hf.utils.validation import check_float_tensor, check_int
 
 __all__ = ["self_consistency_reward", "sequence_logprob_reward", "token_entropy_reward"]
 
 
 def _check_per_token(values: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
     """Validate ``values`` [N, T] and ``mask`` [N, T]; return the mask as a bool tensor."""
-    if not isinstance(values, torch.Tensor) or not values.is_floating_point():
-        raise TypeError(
-            f"`{name}` must be a floating-point torch.Tensor of shape [N, T], got {type(values).__name__}"
-            f"{' ' + str(values.dtype) if isinstance(values, torch.Tensor) else ''}."
-        )
+    check_float_tensor(values, name)
     if values.dim() != 2:
         raise ValueError(
             f"`{name}` must have shape [N, T] (completions x tokens), got {tuple(values.shape)}."
@@ -178,7 +175,7 @@ def self_consistency_reward(
 
     r_i = (1/N) sum_{j in group(i)} 1[a_i == a_j] (paper 1, section 3.3, "Baseline"), itself included,
     so a unique answer gets 1/N and a unanimous one 1; a completion without an extractable answer
-    (:func:`em_hf.eval.answers.extract_answer` returns None) gets 0.
+    (:func:`em_hf.utils.answers.extract_answer` returns None) gets 0.
 
     Pass it as ``reward_funcs=self_consistency_reward`` to ``trl.RLOOTrainer``, ``trl.GRPOTrainer`` or
     :class:`em_hf.EMRLOOTrainer`. trl calls it with the local batch: ``prompts`` (strings or chat
@@ -205,10 +202,8 @@ def self_consistency_reward(
             f"`prompts` ({len(prompts)}) and `completions` ({len(completions)}) must have the same length: "
             "one prompt per completion."
         )
-    if num_generations is not None and (
-        isinstance(num_generations, bool) or not isinstance(num_generations, int) or num_generations < 1
-    ):
-        raise ValueError(f"`num_generations` must be None or an integer >= 1, got {num_generations!r}.")
+    if num_generations is not None:
+        check_int("num_generations", num_generations, hint=" (or None)")
     keys = [_prompt_key(p) for p in prompts]
     answers = [extract_answer(_completion_text(c)) for c in completions]
     offset = 0

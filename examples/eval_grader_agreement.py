@@ -12,7 +12,7 @@ import argparse
 import time
 
 from em_hf.eval import grade_math, load_benchmark
-from em_hf.eval.answers import normalize_answer
+from em_hf.utils.answers import normalize_answer
 
 
 def agreement(name: str) -> dict[str, float]:

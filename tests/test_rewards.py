@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from em_hf.eval.answers import extract_answer
 from em_hf.ops import token_entropy
 from em_hf.rewards import self_consistency_reward, sequence_logprob_reward, token_entropy_reward
+from em_hf.utils.answers import extract_answer
 from tests.helpers import make_tiny_llama
 
 EOS = 2

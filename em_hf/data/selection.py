@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from em_hf.eval.answers import extract_answer, extract_boxed, normalize_answer
+from em_hf.utils.answers import extract_answer, extract_boxed, normalize_answer
 
 __all__ = ["PromptPassVariance", "default_verifier", "select_by_pass_variance"]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from em_hf.eval.answers import extract_boxed
+from em_hf.utils.answers import extract_boxed
 
 __all__ = [
     "BENCHMARKS",

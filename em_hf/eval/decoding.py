@@ -29,7 +29,7 @@ from typing import Any
 from transformers import LogitsProcessor
 
 from em_hf.generation import AdaptiveTemperatureLogitsWarper, EntropyMinLogitsProcessor
-from em_hf.generation.utils import check_number
+from em_hf.utils.validation import check_number
 
 __all__ = ["KINDS", "DecodingMethod", "parse_method"]
 

@@ -1,7 +1,7 @@
 """Graders for math and physics answers (the code grader is :mod:`em_hf.eval.sandbox`).
 
 Math (:func:`grade_math`): the final answer is the last ``\\boxed{...}`` of the completion (nested
-braces handled, :func:`~em_hf.eval.answers.extract_boxed`); without a box, the last number
+braces handled, :func:`~em_hf.utils.answers.extract_boxed`); without a box, the last number
 (``strict=False``, the lenient rule of the Qwen2.5-Math evaluation scripts the papers use) or nothing
 (``strict=True``). It matches the reference when (1) both normalize to the same string, (2) both are
 plain numbers equal within ``rel_tol``, or (3) the ``math-verify`` library finds them equivalent
@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
-from em_hf.eval.answers import extract_all_boxed, extract_boxed, extract_last_number, normalize_answer
+from em_hf.utils.answers import extract_all_boxed, extract_boxed, extract_last_number, normalize_answer
 
 __all__ = ["answers_equivalent", "grade_math", "grade_physics", "numeric_value", "split_top_level"]
 

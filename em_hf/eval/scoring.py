@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from em_hf.data.arithmetic import extract_last_integer
-from em_hf.eval.answers import extract_answer
 from em_hf.eval.benchmarks import BenchmarkItem
 from em_hf.eval.grading import grade_math, grade_physics
 from em_hf.eval.sandbox import extract_code, run_code
+from em_hf.utils.answers import extract_answer
 
 __all__ = ["Grade", "final_answer", "grade_item"]
 
@@ -25,7 +25,7 @@ class Grade:
 
 def final_answer(item: BenchmarkItem, completion: str) -> str | None:
     """The answer a vote counts: the last integer (arithmetic), else the last ``\\boxed{}`` content or
-    last number, normalized (:func:`~em_hf.eval.answers.extract_answer`). Code has no answer to vote on."""
+    last number, normalized (:func:`~em_hf.utils.answers.extract_answer`). Code has no answer to vote on."""
     if item.task == "code":
         raise ValueError(
             f"Item {item.id} of {item.benchmark!r} is a code task: it has no extractable final answer, "

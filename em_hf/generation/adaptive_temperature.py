@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from em_hf.generation.utils import check_finite_scores, check_number, check_positive_int, check_scores
 from em_hf.ops._extension import use_kernels
 from em_hf.ops.entropy import accumulation_dtype, softmax_entropy
+from em_hf.utils.validation import check_finite_scores, check_number, check_positive_int, check_scores
 
 __all__ = ["AdaptiveTemperatureLogitsWarper"]
 

@@ -23,6 +23,7 @@ import torch
 
 from em_hf.ops._extension import use_kernels
 from em_hf.ops._torch_impl import accumulation_dtype, entropy_backward_torch, entropy_forward_torch
+from em_hf.utils.validation import check_float_tensor, check_temperature
 
 __all__ = ["entropy_backward", "entropy_forward", "entropy_grad", "softmax_entropy", "token_entropy"]
 
@@ -36,25 +37,11 @@ class SoftmaxEntropy(NamedTuple):
 
 
 def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(logits).__name__}.")
-    if not logits.is_floating_point():
-        raise TypeError(
-            f"`{name}` must be a floating-point tensor (float32, float64, bfloat16 or float16), "
-            f"got {logits.dtype}; cast it with `{name}.float()`."
-        )
+    check_float_tensor(logits, name)
     if logits.dim() < 1 or logits.shape[-1] == 0:
         raise ValueError(
             f"`{name}` must have a non-empty last (vocabulary) dimension, got shape {tuple(logits.shape)}."
         )
-
-
-def _check_temperature(temperature: float | torch.Tensor) -> None:
-    if isinstance(temperature, torch.Tensor):
-        if not bool(torch.all(torch.isfinite(temperature) & (temperature > 0))):
-            raise ValueError("`temperature` must be finite and > 0 in every entry.")
-    elif not (isinstance(temperature, int | float) and temperature > 0 and temperature != float("inf")):
-        raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
 
 
 def softmax_entropy(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> SoftmaxEntropy:
@@ -129,7 +116,7 @@ def entropy_grad(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     ``torch.no_grad()`` (for example inside ``model.generate``).
     """
     _check_logits(logits)
-    _check_temperature(temperature)
+    check_temperature(temperature, allow_tensor=True)
     rows = _as_rows(logits.to(accumulation_dtype(logits.dtype)))
     entropy, lse = entropy_forward(rows, float(temperature))
     _raise_if_undefined(entropy)
@@ -174,7 +161,7 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
         (:func:`em_hf.ops.backend` tells which).
     """
     _check_logits(logits)
-    _check_temperature(temperature)
+    check_temperature(temperature, allow_tensor=True)
     rows = _as_rows(logits)
     if use_kernels(rows):
         entropy = torch.ops.em_hf.entropy_forward(rows, float(temperature))[0]  # autograd registered

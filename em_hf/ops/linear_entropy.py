@@ -28,6 +28,7 @@ import torch
 
 from em_hf.ops._torch_impl import accumulation_dtype
 from em_hf.ops.entropy import entropy_backward, entropy_forward
+from em_hf.utils.validation import check_float_tensor, check_int, check_temperature
 
 __all__ = ["DEFAULT_CHUNK_ELEMENTS", "IGNORE_INDEX", "linear_entropy_loss", "linear_token_entropy"]
 
@@ -191,14 +192,8 @@ def _finish(grad_hidden, grad_weight, grad_bias, weight, bias):
 
 
 def _check_inputs(hidden, weight, bias, labels, temperature, chunk_size) -> None:
-    for name, value in (("hidden", hidden), ("weight", weight)):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
-        if not value.is_floating_point():
-            raise TypeError(
-                f"`{name}` must be a floating-point tensor (float32, float64, bfloat16 or float16), got "
-                f"{value.dtype}; cast it with `{name}.float()`."
-            )
+    check_float_tensor(hidden, "hidden")
+    check_float_tensor(weight, "weight")
     if hidden.dim() < 1:
         raise ValueError("`hidden` must have shape [..., D] (at least one dimension), got a scalar.")
     if weight.dim() != 2:
@@ -231,17 +226,9 @@ def _check_inputs(hidden, weight, bias, labels, temperature, chunk_size) -> None
                 f"`bias` is {bias.dtype} but `weight` is {weight.dtype}; cast it with "
                 f"`bias.to(weight.dtype)`."
             )
-    if isinstance(temperature, torch.Tensor | bool):
-        raise TypeError(f"`temperature` must be a Python number, got {type(temperature).__name__}.")
-    if not (isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(
-            f"`chunk_size` must be a positive integer number of rows (or None for the default), got "
-            f"{chunk_size!r}."
-        )
+    check_temperature(temperature)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, hint=" rows per chunk (or None for the default)")
     if labels is not None:
         if not isinstance(labels, torch.Tensor):
             raise TypeError(f"`labels` must be a torch.Tensor or None, got {type(labels).__name__}.")

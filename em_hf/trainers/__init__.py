@@ -4,8 +4,9 @@ Imported lazily: ``import em_hf.trainers`` does not import trl or peft until a n
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from em_hf.utils.lazy import lazy_module_attributes
 
 _EXPORTS = {
     "EntropyMinConfig": "em_hf.trainers.em_config",
@@ -26,13 +27,4 @@ if TYPE_CHECKING:
     from em_hf.trainers.emrloo_trainer import EMRLOOTrainer  # noqa: F401
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'em_hf.trainers' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_module_attributes(__name__, globals(), _EXPORTS)

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from em_hf.utils.validation import check_int
+
 __all__ = ["BenchmarkEarlyStoppingCallback", "BenchmarkRecord", "arithmetic_evaluator"]
 
 Evaluate = Callable[[Any, Any], float | Mapping[str, float]]
@@ -66,12 +68,9 @@ class BenchmarkEarlyStoppingCallback(TrainerCallback):
     ) -> None:
         if not callable(evaluate):
             raise TypeError("`evaluate` must be callable as evaluate(model, tokenizer) -> float or dict.")
-        if isinstance(eval_steps, bool) or not isinstance(eval_steps, int) or eval_steps < 1:
-            raise ValueError(f"`eval_steps` must be a positive integer, got {eval_steps!r}.")
-        if patience is not None and (
-            isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
-        ):
-            raise ValueError(f"`patience` must be a positive integer or None, got {patience!r}.")
+        check_int("eval_steps", eval_steps)
+        if patience is not None:
+            check_int("patience", patience, hint=" (or None)")
         self.evaluate = evaluate
         self.eval_steps = eval_steps
         self.metric = metric

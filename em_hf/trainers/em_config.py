@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
+
+from em_hf.utils.validation import check_int, check_number
 
 __all__ = ["LOSS_NORMALIZATIONS", "EntropyMinConfig"]
 
@@ -97,30 +98,20 @@ class EntropyMinConfig(TrainingArguments):
         self._check_em_fields()
 
     def _check_em_fields(self) -> None:
-        def positive_int(name: str, value: Any) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-
-        def positive_number(name: str, value: Any) -> None:
-            is_number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not (is_number and math.isfinite(value) and value > 0):
-                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
-
-        positive_int("num_generations", self.num_generations)
-        positive_int("max_completion_length", self.max_completion_length)
+        check_int("num_generations", self.num_generations)
+        check_int("max_completion_length", self.max_completion_length)
         if self.max_prompt_length is not None:
-            positive_int("max_prompt_length", self.max_prompt_length)
+            check_int("max_prompt_length", self.max_prompt_length)
         if self.lm_head_chunk_size is not None:
-            positive_int("lm_head_chunk_size", self.lm_head_chunk_size)
-        positive_number("temperature", self.temperature)
-        positive_number("entropy_temperature", self.entropy_temperature)
-        positive_number("repetition_penalty", self.repetition_penalty)
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"`top_p` must be in (0, 1] (1.0 disables nucleus sampling), got {self.top_p}.")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"`top_k` must be an integer >= 0 (0 disables top-k), got {self.top_k!r}.")
-        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"`beta` (the KL weight) must be a finite number >= 0, got {self.beta!r}.")
+            check_int("lm_head_chunk_size", self.lm_head_chunk_size)
+        check_number("temperature", self.temperature, low=0.0, low_open=True)
+        check_number("entropy_temperature", self.entropy_temperature, low=0.0, low_open=True)
+        check_number("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True)
+        check_number(
+            "top_p", self.top_p, low=0.0, high=1.0, low_open=True, hint=" (1.0 disables nucleus sampling)"
+        )
+        check_int("top_k", self.top_k, minimum=0, hint=" (0 disables top-k)")
+        check_number("beta", self.beta, low=0.0, hint=" (the KL weight)")
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(
                 f"`loss_normalization` must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}."

@@ -8,8 +8,8 @@ import itertools
 import pytest
 
 from em_hf.eval import grade_math, grade_physics, load_benchmark
-from em_hf.eval.answers import extract_all_boxed, extract_boxed, normalize_answer
 from em_hf.eval.grading import answers_equivalent, numeric_value, split_top_level
+from em_hf.utils.answers import extract_all_boxed, extract_boxed, normalize_answer
 
 
 @pytest.mark.parametrize(

@@ -95,8 +95,8 @@ def test_lower_is_better_and_float_scores(tmp_path):
     ("kwargs", "error", "message"),
     [
         ({"evaluate": 3}, TypeError, "`evaluate` must be callable"),
-        ({"eval_steps": 0}, ValueError, "`eval_steps` must be a positive integer"),
-        ({"patience": 0}, ValueError, "`patience` must be a positive integer or None"),
+        ({"eval_steps": 0}, ValueError, "`eval_steps` must be an integer >= 1"),
+        ({"patience": 0}, ValueError, "`patience` must be an integer >= 1 \\(or None\\)"),
     ],
 )
 def test_argument_errors(kwargs, error, message):

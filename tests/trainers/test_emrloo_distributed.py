@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from em_hf.eval.answers import extract_answer
+from em_hf.utils.answers import extract_answer
 from tests.trainers.emrloo_helpers import save_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]

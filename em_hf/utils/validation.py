@@ -1,0 +1,113 @@
+"""Argument and input checks used by every layer of em_hf (the ONE place they are written).
+
+Each check raises early with a message that names the argument, the allowed values and, where
+there is one, the fix. Numbers never accept ``bool`` (``True`` is an ``int`` in Python) and never
+accept NaN or infinities.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+__all__ = [
+    "check_finite_scores",
+    "check_float_tensor",
+    "check_int",
+    "check_number",
+    "check_positive_int",
+    "check_scores",
+    "check_temperature",
+    "is_real_number",
+]
+
+
+def is_real_number(value: Any) -> bool:
+    """True for a finite Python ``int``/``float`` that is not a ``bool``."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_number(
+    name: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    hint: str = "",
+) -> float:
+    """Return ``float(value)`` if it is a finite real number in the given interval, else raise
+    ``ValueError`` naming the argument and the allowed range (``hint`` is appended to the message)."""
+    left = "(" if low_open else "["
+    right = ")" if high_open else "]"
+    interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+    ok = is_real_number(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f"`{name}` must be a finite number in {interval}{hint}, got {value!r}.")
+    return float(value)
+
+
+def check_int(name: str, value: int, *, minimum: int = 1, hint: str = "") -> int:
+    """Return ``value`` if it is an ``int`` (not a ``bool``) >= ``minimum``, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}{hint}, got {value!r}.")
+    return value
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """``check_int(name, value, minimum=1)``."""
+    return check_int(name, value, minimum=1)
+
+
+def check_temperature(temperature: Any, *, allow_tensor: bool = False, name: str = "temperature") -> None:
+    """A temperature is a finite number > 0. With ``allow_tensor`` it may also be a floating tensor
+    (one temperature per row, broadcast against the logits) whose every entry is finite and > 0."""
+    if isinstance(temperature, torch.Tensor):
+        if not allow_tensor:
+            raise TypeError(f"`{name}` must be a Python number here, got a tensor; pass `float({name})`.")
+        if not temperature.is_floating_point():
+            raise TypeError(f"`{name}` must be a floating-point tensor, got {temperature.dtype}.")
+        if not bool(torch.all(torch.isfinite(temperature) & (temperature > 0))):
+            raise ValueError(f"`{name}` must be finite and > 0 in every entry.")
+        return
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise TypeError(f"`{name}` must be a number, got {type(temperature).__name__}.")
+    check_number(name, temperature, low=0.0, low_open=True)
+
+
+def check_float_tensor(value: Any, name: str) -> None:
+    """``value`` must be a floating-point torch.Tensor (float32, float64, bfloat16 or float16)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
+    if not value.is_floating_point():
+        raise TypeError(
+            f"`{name}` must be a floating-point tensor (float32, float64, bfloat16 or float16), "
+            f"got {value.dtype}; cast it with `{name}.float()`."
+        )
+
+
+def check_scores(scores: torch.Tensor, owner: str) -> None:
+    """A logits processor's input must be a floating [batch, vocab] tensor (NaN/+inf are caught by
+    :func:`check_finite_scores` or by the entropy computation itself)."""
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
+        raise TypeError(
+            f"{owner} expects floating-point scores, got {getattr(scores, 'dtype', type(scores))}."
+        )
+    if scores.dim() != 2:
+        raise ValueError(f"{owner} expects scores of shape [batch, vocab], got {tuple(scores.shape)}.")
+
+
+def check_finite_scores(scores: torch.Tensor, owner: str) -> None:
+    """Raise ``ValueError`` when ``scores`` contain NaN or +inf (-inf marks masked tokens)."""
+    if bool(torch.isnan(scores).any()) or bool(torch.isposinf(scores).any()):
+        raise ValueError(
+            f"{owner} received scores containing NaN or +inf, for which the entropy is undefined; check the "
+            "model's dtype (fp16 overflow) or a preceding logits processor."
+        )
