@@ -27,6 +27,8 @@ _EXPORTS = {
     "EntropyMinConfig": "em_hf.trainers",
     "EntropyMinTrainer": "em_hf.trainers",
     "BenchmarkEarlyStoppingCallback": "em_hf.trainers",
+    "arithmetic_evaluator": "em_hf.eval",
+    "benchmark_evaluator": "em_hf.eval",
     "select_by_pass_variance": "em_hf.data",
     "EMRLOOConfig": "em_hf.trainers",
     "EMRLOOTrainer": "em_hf.trainers",

@@ -25,7 +25,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _method(text: str) -> str:
-    from em_hf.eval.decoding import parse_method
+    from em_hf.generation.decoding import parse_method
 
     try:
         parse_method(text)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from em_hf.data.arithmetic import grade_last_integer, make_arithmetic_problems
-from em_hf.eval.decoding import DecodingMethod, parse_method
-from em_hf.eval.generation import generate_completions
+from em_hf.generation.batched import generate_completions
+from em_hf.generation.decoding import DecodingMethod, parse_method
 
 __all__ = ["DEFAULT_DEMO_METHODS", "MethodSummary", "format_table", "run_demo"]
 

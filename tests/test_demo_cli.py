@@ -11,8 +11,8 @@ import em_hf.demo as demo
 from em_hf.cli import build_parser, main
 from em_hf.data.arithmetic import make_arithmetic_problems
 from em_hf.demo import DEFAULT_DEMO_METHODS, MethodSummary, format_table, run_demo
-from em_hf.eval.decoding import parse_method
-from em_hf.eval.generation import Completion
+from em_hf.generation.batched import Completion
+from em_hf.generation.decoding import parse_method
 from tests.helpers import WORD_VOCAB_SIZE, make_tiny_llama, make_word_tokenizer
 
 VOCAB = WORD_VOCAB_SIZE

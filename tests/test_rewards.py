@@ -93,7 +93,7 @@ def test_rewards_ignore_nan_at_padding_and_give_zero_for_empty_rows():
 @pytest.mark.parametrize(
     ("values", "mask", "error", "match"),
     [
-        ([[1.0, 2.0]], torch.ones(1, 2), TypeError, "must be a floating-point torch.Tensor"),
+        ([[1.0, 2.0]], torch.ones(1, 2), TypeError, "`entropies` must be a torch.Tensor"),
         (torch.ones(2), torch.ones(2), ValueError, r"shape \[N, T\]"),
         (torch.ones(2, 3), torch.ones(2, 2), ValueError, "`mask` must have the shape"),
         (torch.ones(2, 3), torch.full((2, 3), 2), ValueError, "only 0 and 1"),

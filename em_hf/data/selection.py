@@ -101,8 +101,8 @@ def select_by_pass_variance(
     Returns:
         One :class:`PromptPassVariance` per prompt, sorted by variance (ties: the candidate order).
     """
-    from em_hf.eval.decoding import DecodingMethod
-    from em_hf.eval.generation import generate_completions
+    from em_hf.generation.batched import generate_completions
+    from em_hf.generation.decoding import DecodingMethod
 
     if len(prompts) == 0:
         raise ValueError("`prompts` is empty: give at least one candidate prompt.")

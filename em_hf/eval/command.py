@@ -4,7 +4,7 @@
         --methods greedy,sample,sc:4,adaptive,em-inf --seeds 3 --out runs/eval
 
 Benchmarks and methods are space- or comma-separated specs (``NAME[:key=value,...]``; see
-:mod:`em_hf.eval.benchmarks` and :mod:`em_hf.eval.decoding`). Results go to ``--out``
+:mod:`em_hf.eval.benchmarks` and :mod:`em_hf.generation.decoding`). Results go to ``--out``
 (:mod:`em_hf.eval.runner`); running the same command again resumes.
 """
 
@@ -29,7 +29,7 @@ def _positive_float(text: str) -> float:
 def add_eval_parser(sub) -> argparse.ArgumentParser:
     """Register the ``eval`` subcommand on an ``add_subparsers`` object."""
     from em_hf.eval.benchmarks import BENCHMARKS
-    from em_hf.eval.decoding import KINDS
+    from em_hf.generation.decoding import KINDS
 
     parser = sub.add_parser(
         "eval",
@@ -92,8 +92,8 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from em_hf.eval.benchmarks import load_benchmark
-    from em_hf.eval.decoding import parse_method
     from em_hf.eval.runner import evaluate, split_specs
+    from em_hf.generation.decoding import parse_method
     from em_hf.models import load_model
 
     start = time.perf_counter()

@@ -1,5 +1,5 @@
 """Run one decoding method on a batch of benchmark items: single trajectory, self-consistency or
-iterative refinement, all through :func:`~em_hf.eval.generation.generate_completions` (batched
+iterative refinement, all through :func:`~em_hf.generation.batched.generate_completions` (batched
 ``model.generate`` plus the method's logits processors).
 
 Accounting per item (what :class:`ItemResult` holds):
@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from em_hf.eval.benchmarks import BenchmarkItem
-from em_hf.eval.decoding import DecodingMethod
-from em_hf.eval.generation import Completion, generate_completions
 from em_hf.eval.scoring import final_answer, grade_item
+from em_hf.generation.batched import Completion, generate_completions
+from em_hf.generation.decoding import DecodingMethod
 
 __all__ = ["REFINE_INSTRUCTIONS", "ItemResult", "count_parameters", "majority_vote", "run_items"]
 
@@ -142,7 +142,7 @@ def run_items(
     for code (no answer to vote on): a ``ValueError`` says so. Refinement (``-refine``) runs ``n``
     rounds; round r > 1 sends the conversation [question, previous answer, instruction to check and
     improve it] and the last round is graded. ``torch.manual_seed(seed)`` is set before each
-    ``generate`` batch sequence (see :func:`~em_hf.eval.generation.generate_completions`).
+    ``generate`` batch sequence (see :func:`~em_hf.generation.batched.generate_completions`).
     """
     if not items:
         raise ValueError("`items` is empty: nothing to evaluate.")

@@ -25,9 +25,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from em_hf.eval.benchmarks import BenchmarkItem
-from em_hf.eval.decoding import DecodingMethod, parse_method
 from em_hf.eval.methods import count_parameters, run_items
 from em_hf.eval.report import format_details, format_table, plot_accuracy_vs_flops, summarize
+from em_hf.generation.decoding import DecodingMethod, parse_method
 
 __all__ = ["EvalRun", "evaluate", "read_records", "split_specs"]
 

@@ -12,7 +12,6 @@ _EXPORTS = {
     "EntropyMinConfig": "em_hf.trainers.em_config",
     "EntropyMinTrainer": "em_hf.trainers.em_trainer",
     "BenchmarkEarlyStoppingCallback": "em_hf.trainers.callbacks",
-    "arithmetic_evaluator": "em_hf.trainers.callbacks",
     "EMRLOOConfig": "em_hf.trainers.emrloo_config",
     "EMRLOOTrainer": "em_hf.trainers.emrloo_trainer",
 }
@@ -20,7 +19,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from em_hf.trainers.callbacks import BenchmarkEarlyStoppingCallback, arithmetic_evaluator  # noqa: F401
+    from em_hf.trainers.callbacks import BenchmarkEarlyStoppingCallback  # noqa: F401
     from em_hf.trainers.em_config import EntropyMinConfig  # noqa: F401
     from em_hf.trainers.em_trainer import EntropyMinTrainer  # noqa: F401
     from em_hf.trainers.emrloo_config import EMRLOOConfig  # noqa: F401

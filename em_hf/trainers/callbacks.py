@@ -4,15 +4,15 @@ One-shot EM's accuracy peaks near step 10 while its loss keeps falling (paper 2,
 early-stopped on a validation set (paper 1, sec. 3.3): the training loss cannot pick the checkpoint, a
 benchmark must. :class:`BenchmarkEarlyStoppingCallback` runs a user-given ``evaluate(model, tokenizer)``
 every ``eval_steps`` optimizer steps, logs the score, saves the best model and can stop early or restore the
-best weights at the end. :func:`arithmetic_evaluator` builds such an ``evaluate`` on the package's
-arithmetic set.
+best weights at the end. :func:`em_hf.eval.arithmetic_evaluator` and
+:func:`em_hf.eval.benchmark_evaluator` build such an ``evaluate`` on the evaluation harness.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from em_hf.utils.validation import check_int
 
-__all__ = ["BenchmarkEarlyStoppingCallback", "BenchmarkRecord", "arithmetic_evaluator"]
+__all__ = ["BenchmarkEarlyStoppingCallback", "BenchmarkRecord"]
 
 Evaluate = Callable[[Any, Any], float | Mapping[str, float]]
 
@@ -152,39 +152,3 @@ class BenchmarkEarlyStoppingCallback(TrainerCallback):
             with torch.no_grad():
                 for name, value in self._best_weights.items():
                     parameters[name].copy_(value.to(parameters[name].device))
-
-
-def arithmetic_evaluator(
-    num_problems: int = 60,
-    method: str = "greedy",
-    seeds: Sequence[int] = (0,),
-    max_new_tokens: int = 32,
-    batch_size: int = 64,
-    data_seed: int = 0,
-) -> Evaluate:
-    """``evaluate(model, tokenizer) -> {"accuracy", "entropy"}`` on the package's arithmetic problems with a
-    decoding method (``"greedy"``, ``"sample:t=0.5"``, ...), averaged over ``seeds``."""
-    from em_hf.data.arithmetic import grade_last_integer, make_arithmetic_problems
-    from em_hf.eval.decoding import parse_method
-    from em_hf.eval.generation import generate_completions
-
-    decoding = parse_method(method)
-    problems = make_arithmetic_problems(num_problems, seed=data_seed)
-    prompts = [problem.messages for problem in problems]
-    run_seeds = list(seeds) if decoding.do_sample else list(seeds)[:1]
-    if not run_seeds:
-        raise ValueError("`seeds` is empty: give at least one seed.")
-
-    def evaluate(model, tokenizer) -> dict[str, float]:
-        correct, entropy, count = 0, 0.0, 0
-        for seed in run_seeds:
-            completions, _ = generate_completions(
-                model, tokenizer, prompts, decoding, max_new_tokens, batch_size, seed=seed, progress=False
-            )
-            for problem, completion in zip(problems, completions, strict=True):
-                correct += grade_last_integer(completion.text, problem.answer)
-                entropy += completion.mean_entropy
-                count += 1
-        return {"accuracy": correct / count, "entropy": entropy / count}
-
-    return evaluate

@@ -28,6 +28,7 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, Trainer
 from transformers.utils import is_peft_available
 
+from em_hf.generation.prompts import Prompt, left_pad, render_prompt, render_prompts
 from em_hf.generation.recording import completion_mask as completion_mask_from_ids
 from em_hf.trainers.em_config import EntropyMinConfig
 from em_hf.trainers.em_loss import (
@@ -39,8 +40,6 @@ from em_hf.trainers.em_loss import (
 )
 
 __all__ = ["EntropyMinTrainer"]
-
-Prompt = str | list[dict[str, Any]]
 
 
 def _keep_examples(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -165,7 +164,7 @@ class EntropyMinTrainer(Trainer):
         else:
             eval_dataset = _as_prompt_dataset(eval_dataset, "eval_dataset")
         if train_dataset is not None:
-            self._render_prompt(processing_class, train_dataset[0]["prompt"])  # fails early on a bad prompt
+            render_prompt(processing_class, train_dataset[0]["prompt"])  # fails early on a bad prompt
 
         super().__init__(
             model=model,
@@ -274,34 +273,10 @@ class EntropyMinTrainer(Trainer):
         )
 
     # ----------------------------------------------------------------------------------------- rollouts
-    @staticmethod
-    def _render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
-        """Token ids of one prompt: chat messages through the chat template (with the generation prompt);
-        a string as one user message when the tokenizer has a chat template, else as it is."""
-        has_template = bool(getattr(tokenizer, "chat_template", None))
-        if isinstance(prompt, str):
-            if not has_template:
-                return list(tokenizer(prompt)["input_ids"])
-            prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or not all(isinstance(m, Mapping) and "content" in m for m in prompt):
-            raise TypeError(
-                "A prompt must be a string or a list of chat messages ({'role': ..., 'content': ...}), "
-                f"got {type(prompt).__name__}: {str(prompt)[:80]!r}."
-            )
-        if not has_template:
-            raise ValueError(
-                "The prompts are chat messages but the tokenizer has no chat template; set "
-                "`tokenizer.chat_template` or give plain-string prompts."
-            )
-        rendered = tokenizer.apply_chat_template(
-            prompt, tokenize=True, add_generation_prompt=True, return_dict=True
-        )
-        return list(rendered["input_ids"])
-
     def _tokenize_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``prompt_ids``, ``prompt_mask``; prompts over ``max_prompt_length`` lose the start."""
         tokenizer = self.processing_class
-        ids = [self._render_prompt(tokenizer, prompt) for prompt in prompts]
+        ids = render_prompts(tokenizer, prompts)
         limit = self.args.max_prompt_length
         if limit is not None and any(len(row) > limit for row in ids):
             if not self._warned_truncation:
@@ -314,14 +289,7 @@ class EntropyMinTrainer(Trainer):
                 )
                 self._warned_truncation = True
             ids = [row[-limit:] for row in ids]
-        if any(len(row) == 0 for row in ids):
-            raise ValueError("A prompt renders to zero tokens; give non-empty prompts.")
-        width = max(len(row) for row in ids)
-        prompt_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-        prompt_mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, tokens in enumerate(ids):
-            prompt_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
-            prompt_mask[row, width - len(tokens) :] = 1
+        prompt_ids, prompt_mask = left_pad(ids, tokenizer.pad_token_id)
         device = self.accelerator.device
         return prompt_ids.to(device), prompt_mask.to(device)
 

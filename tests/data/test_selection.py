@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import em_hf.eval.generation as generation
+import em_hf.generation.batched as generation
 from em_hf.cli import main
 from em_hf.data.selection import default_verifier, select_by_pass_variance
-from em_hf.eval.generation import Completion
+from em_hf.generation.batched import Completion
 from tests.helpers import make_tiny_llama, make_word_tokenizer
 
 

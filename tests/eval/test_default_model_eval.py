@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from em_hf.eval import load_benchmark, parse_method
+from em_hf.eval import load_benchmark
 from em_hf.eval.methods import run_items
 from em_hf.eval.scoring import final_answer
+from em_hf.generation.decoding import parse_method
 
 
 @pytest.mark.slow

@@ -8,10 +8,13 @@ from collections import Counter
 
 import pytest
 
-from em_hf.eval import generate_completions, load_benchmark, parse_method, render_prompts
+from em_hf.eval import load_benchmark
 from em_hf.eval.benchmarks import BenchmarkItem
 from em_hf.eval.methods import REFINE_INSTRUCTIONS, count_parameters, majority_vote, run_items
 from em_hf.eval.scoring import final_answer
+from em_hf.generation.batched import generate_completions
+from em_hf.generation.decoding import parse_method
+from em_hf.generation.prompts import render_prompts
 
 MAX_NEW = 6
 
@@ -34,10 +37,7 @@ def test_count_parameters_counts_tied_weights_once(sharp_llama):
 
 
 def _prompt_lengths(tokenizer, prompts) -> list[int]:
-    return [
-        len(tokenizer(text, add_special_tokens=False).input_ids)
-        for text in render_prompts(tokenizer, prompts)
-    ]
+    return [len(ids) for ids in render_prompts(tokenizer, prompts)]
 
 
 def test_single_trajectory_accounting(sharp_llama, word_tokenizer, items):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from em_hf.trainers import EntropyMinConfig, EntropyMinTrainer
-from em_hf.trainers.callbacks import BenchmarkEarlyStoppingCallback, arithmetic_evaluator
+from em_hf.trainers.callbacks import BenchmarkEarlyStoppingCallback
 from tests.helpers import make_tiny_llama, make_word_tokenizer
 
 PROMPTS = ["Compute 1 + 2 .", "Compute 3 - 1 .", "the answer is", "Reply with just the number"]
@@ -113,17 +113,3 @@ def test_bad_scores_fail_loudly(tmp_path, result, error, message):
     callback = BenchmarkEarlyStoppingCallback(lambda m, t: result, save_best=False)
     with pytest.raises(error, match=message):
         _trainer(tmp_path, callback, max_steps=1).train()
-
-
-def test_arithmetic_evaluator_scores_a_model():
-    model, tokenizer = make_tiny_llama(sharpen=4.0), make_word_tokenizer()
-    greedy = arithmetic_evaluator(num_problems=4, method="greedy", max_new_tokens=3)
-    first, second = greedy(model, tokenizer), greedy(model, tokenizer)
-    assert first == second  # greedy is deterministic
-    assert set(first) == {"accuracy", "entropy"}
-    assert first["accuracy"] in {0.0, 0.25, 0.5, 0.75, 1.0}
-    assert 0.0 <= first["entropy"] <= math.log(128) + 1e-6
-    sampled = arithmetic_evaluator(num_problems=4, method="sample", seeds=(0, 1), max_new_tokens=3)
-    assert sampled(model, tokenizer)["accuracy"] in {i / 8 for i in range(9)}  # 4 items x 2 seeds
-    with pytest.raises(ValueError, match="`seeds` is empty"):
-        arithmetic_evaluator(method="sample", seeds=())

@@ -10,12 +10,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessorList
 
-from em_hf.eval.decoding import DecodingMethod
+from em_hf.generation.decoding import DecodingMethod
+from em_hf.generation.prompts import Prompt, left_pad, render_prompts
 from em_hf.generation.recording import TokenEntropyRecorder, completion_mask
 
-__all__ = ["Completion", "generate_completions", "render_prompts"]
-
-Prompt = str | list[dict[str, str]]
+__all__ = ["Completion", "generate_completions"]
 
 
 @dataclass(frozen=True)
@@ -32,23 +31,6 @@ class Completion:
     seconds: float = field(default=0.0, compare=False)
 
 
-def render_prompts(tokenizer, prompts: Sequence[Prompt]) -> list[str]:
-    """Prompt strings: chat messages go through the tokenizer's chat template (with the generation
-    prompt); plain strings are used as they are."""
-    texts = []
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            texts.append(prompt)
-            continue
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                "The prompts are chat messages but the tokenizer has no chat template; pass plain strings "
-                "or set `tokenizer.chat_template`."
-            )
-        texts.append(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
-    return texts
-
-
 def generate_completions(
     model,
     tokenizer,
@@ -61,8 +43,10 @@ def generate_completions(
 ) -> tuple[list[Completion], float]:
     """Generate one completion per prompt with ``method``; returns (completions, wall seconds).
 
-    Prompts are left-padded in batches of ``batch_size``; ``torch.manual_seed(seed)`` is set once
-    before the first batch, so a run is reproducible for a given batch size.
+    Prompts are rendered by :func:`~em_hf.generation.prompts.render_prompt` (strings as they are,
+    chat messages through the chat template) and left-padded in batches of ``batch_size``;
+    ``torch.manual_seed(seed)`` is set once before the first batch, so a run is reproducible for a
+    given batch size.
     """
     if len(prompts) == 0:
         raise ValueError("`prompts` is empty: nothing to generate.")
@@ -71,6 +55,7 @@ def generate_completions(
             "The tokenizer has no pad token, which batched generation needs; set one, e.g. "
             "`tokenizer.pad_token = tokenizer.eos_token`."
         )
+    rows = render_prompts(tokenizer, prompts)
     eos_token_id = model.generation_config.eos_token_id
     if eos_token_id is None:
         eos_token_id = tokenizer.eos_token_id
@@ -80,20 +65,14 @@ def generate_completions(
         eos_token_id=eos_token_id,
         **method.generation_kwargs(),
     )
-    texts = render_prompts(tokenizer, prompts)
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     completions: list[Completion] = []
     start = time.perf_counter()
-    batches = range(0, len(texts), batch_size)
+    batches = range(0, len(rows), batch_size)
     for begin in tqdm(batches, desc=method.name, disable=not progress, leave=False):
-        batch = tokenizer(
-            texts[begin : begin + batch_size],
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,
-        ).to(device)
+        input_ids, attention_mask = left_pad(rows[begin : begin + batch_size], tokenizer.pad_token_id)
+        batch = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
         recorder = TokenEntropyRecorder()
         batch_start = time.perf_counter()
         with torch.no_grad():

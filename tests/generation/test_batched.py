@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
-from em_hf.eval.decoding import parse_method
-from em_hf.eval.generation import Completion, generate_completions, render_prompts
+from em_hf.generation.batched import Completion, generate_completions
+from em_hf.generation.decoding import parse_method
+from em_hf.generation.prompts import render_prompts
 
 # Different lengths, so that a batch is left-padded.
 PROMPTS = [
@@ -143,11 +144,12 @@ def test_sampling_is_reproducible_for_a_seed(sharp_llama, word_tokenizer):
 
 def test_chat_messages_go_through_the_chat_template(sharp_llama, word_tokenizer):
     messages = [{"role": "user", "content": "Compute 1 + 2 ."}]
-    (text,) = render_prompts(word_tokenizer, [messages])
-    assert text == word_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    (ids,) = render_prompts(word_tokenizer, [messages])
+    text = word_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert ids == word_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert text.startswith("user : Compute 1 + 2 .")
     assert text.rstrip().endswith("assistant :")
-    assert render_prompts(word_tokenizer, ["plain"]) == ["plain"]
+    assert render_prompts(word_tokenizer, ["plain"]) == [word_tokenizer("plain")["input_ids"]]
     # A chat prompt and its rendered string give the same completion.
     from_messages, _ = generate_completions(
         sharp_llama, word_tokenizer, [messages], parse_method("greedy"), max_new_tokens=5, progress=False

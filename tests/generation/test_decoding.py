@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from em_hf.eval.decoding import DecodingMethod, parse_method
 from em_hf.generation import AdaptiveTemperatureLogitsWarper, EntropyMinLogitsProcessor
+from em_hf.generation.decoding import DecodingMethod, parse_method
 
 
 def test_greedy_is_argmax_decoding_without_processors():
