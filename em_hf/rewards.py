@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from em_hf.generation.prompts import is_conversational
 from em_hf.utils.answers import extract_answer
 from em_hf.utils.validation import check_float_tensor, check_int
 
@@ -121,7 +122,7 @@ def _completion_text(completion: Any) -> str:
 
 def _prompt_key(prompt: Any) -> str:
     """A hashable identity for a prompt (string, or chat messages compared by their JSON form)."""
-    if isinstance(prompt, str):
+    if not is_conversational(prompt):
         return prompt
     return json.dumps(prompt, sort_keys=True, default=str)
 

@@ -25,7 +25,7 @@ import time
 
 from em_hf import EMRLOOConfig, EMRLOOTrainer, load_default_model
 from em_hf.data.arithmetic import arithmetic_dataset
-from em_hf.demo import run_demo
+from em_hf.demos.decoding import run_demo
 from em_hf.rewards import self_consistency_reward
 
 RUNS = {

@@ -3,7 +3,7 @@
     python examples/one_shot_em_arithmetic.py                  # the README's figures (~15 min on 2 CPU cores)
     python examples/one_shot_em_arithmetic.py --steps 3 --items 20 --seeds 1   # a quick look
 
-What it does (em_hf.one_shot_demo): rank arithmetic prompts that are not in the evaluation set by pass@k
+What it does (em_hf.demos.one_shot): rank arithmetic prompts that are not in the evaluation set by pass@k
 variance, train 10 steps of one-shot EM (EntropyMinConfig.one_shot with fewer samples per step and
 shorter completions than the paper, for CPU time), and score the model before, during (greedy, every
 step) and after on the package's arithmetic set with greedy decoding and sampling at T=0.5 and T=1.0.
@@ -26,8 +26,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from em_hf.demos.one_shot import format_one_shot_report, run_one_shot_demo
 from em_hf.models import load_model
-from em_hf.one_shot_demo import format_one_shot_report, run_one_shot_demo
 
 
 def main() -> None:

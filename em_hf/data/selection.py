@@ -16,11 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from em_hf.generation.batched import generate_completions
+from em_hf.generation.decoding import DecodingMethod
+from em_hf.generation.prompts import Prompt
 from em_hf.utils.answers import extract_answer, extract_boxed, normalize_answer
 
 __all__ = ["PromptPassVariance", "default_verifier", "select_by_pass_variance"]
 
-Prompt = str | list[dict[str, Any]]
 Verifier = Callable[[str, Any], bool]
 
 
@@ -101,9 +103,6 @@ def select_by_pass_variance(
     Returns:
         One :class:`PromptPassVariance` per prompt, sorted by variance (ties: the candidate order).
     """
-    from em_hf.generation.batched import generate_completions
-    from em_hf.generation.decoding import DecodingMethod
-
     if len(prompts) == 0:
         raise ValueError("`prompts` is empty: give at least one candidate prompt.")
     if len(prompts) != len(answers):

@@ -27,7 +27,7 @@ from em_hf.eval.scoring import final_answer, grade_item
 from em_hf.generation.batched import Completion, generate_completions
 from em_hf.generation.decoding import DecodingMethod
 
-__all__ = ["REFINE_INSTRUCTIONS", "ItemResult", "count_parameters", "majority_vote", "run_items"]
+__all__ = ["REFINE_INSTRUCTIONS", "ItemResult", "majority_vote", "run_items"]
 
 REFINE_INSTRUCTIONS = {
     "math": (
@@ -70,11 +70,6 @@ class ItemResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def count_parameters(model) -> int:
-    """P of the 2PD rule: the model's parameters, a tied embedding/LM head counted once."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def majority_vote(answers: Sequence[str | None]) -> int:
@@ -146,7 +141,8 @@ def run_items(
     """
     if not items:
         raise ValueError("`items` is empty: nothing to evaluate.")
-    params = count_parameters(model) if num_parameters is None else num_parameters
+    # P of the 2PD rule; PreTrainedModel.num_parameters() counts a tied embedding/LM head once.
+    params = model.num_parameters() if num_parameters is None else num_parameters
     n = method.num_trajectories
     generate = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=False)
     if method.strategy == "sc":

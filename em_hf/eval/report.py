@@ -23,6 +23,7 @@ __all__ = [
     "MethodSummary",
     "auroc",
     "format_details",
+    "format_seed_table",
     "format_table",
     "plot_accuracy_vs_flops",
     "summarize",
@@ -89,6 +90,16 @@ class MethodSummary:
     flops: float
     mean_entropy: float
     auroc: float | None
+    accuracy_std: float = 0.0  # standard deviation over seeds of the per-seed accuracy (0 for one seed)
+    tokens_per_s: float = 0.0  # generated tokens / generation seconds, over all records
+
+
+def _per_seed_accuracy_std(rows: Sequence[dict]) -> float:
+    by_seed: dict[int, list[bool]] = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], []).append(bool(r["correct"]))
+    accuracies = [statistics.fmean(values) for values in by_seed.values()]
+    return statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
 
 
 def summarize(records: Iterable[dict]) -> list[MethodSummary]:
@@ -115,9 +126,15 @@ def summarize(records: Iterable[dict]) -> list[MethodSummary]:
                 flops=statistics.fmean(r["flops"] for r in rows),
                 mean_entropy=statistics.fmean(r["mean_entropy"] for r in rows),
                 auroc=auroc([-r["mean_entropy"] for r in rows], [bool(r["correct"]) for r in rows]),
+                accuracy_std=_per_seed_accuracy_std(rows),
+                tokens_per_s=_rate(sum(r["tokens"] for r in rows), sum(r["seconds"] for r in rows)),
             )
         )
     return summaries
+
+
+def _rate(tokens: float, seconds: float) -> float:
+    return tokens / seconds if seconds > 0 else 0.0
 
 
 def _methods_and_benchmarks(summaries: Sequence[MethodSummary]) -> tuple[list[str], list[str]]:
@@ -165,6 +182,23 @@ def format_details(summaries: Sequence[MethodSummary]) -> str:
             f"| {100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}] "
             f"| {s.n_items} x {s.n_seeds} | {s.tokens:.1f} | {s.seconds:.2f} | {s.flops:.3g} "
             f"| {s.mean_entropy:.3f} | {area} |"
+        )
+    return "\n".join(lines)
+
+
+def format_seed_table(summaries: Sequence[MethodSummary]) -> str:
+    """One row per method: accuracy as mean ± standard deviation over seeds, items x seeds, mean token
+    entropy, generated tokens per answer and tokens per second (the ``em-hf demo`` table)."""
+    lines = [
+        "| method | accuracy (mean ± sd over seeds) | items x seeds | mean token entropy (nats) "
+        "| tokens / answer | tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        lines.append(
+            f"| {s.method} | {100 * s.accuracy:.1f}% ± {100 * s.accuracy_std:.1f} "
+            f"| {s.n_items} x {s.n_seeds} | {s.mean_entropy:.3f} "
+            f"| {s.tokens:.1f} | {s.tokens_per_s:.1f} |"
         )
     return "\n".join(lines)
 

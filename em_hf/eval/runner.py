@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from em_hf.eval.benchmarks import BenchmarkItem
-from em_hf.eval.methods import count_parameters, run_items
+from em_hf.eval.methods import run_items
 from em_hf.eval.report import format_details, format_table, plot_accuracy_vs_flops, summarize
 from em_hf.generation.decoding import DecodingMethod, parse_method
 
@@ -142,7 +142,7 @@ def evaluate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
     out = Path(out_dir)
-    num_parameters = count_parameters(model)
+    num_parameters = model.num_parameters()
     _check_config(
         out,
         {"model": model_name, "max_new_tokens": max_new_tokens, "num_parameters": num_parameters},

@@ -1,6 +1,6 @@
 """Entropy math shared by every EM method (one place computes entropy; everything else calls it)."""
 
-from em_hf.ops._extension import backend
+from em_hf.ops._extension import backend, build
 from em_hf.ops.entropy import (
     SoftmaxEntropy,
     entropy_backward,
@@ -14,6 +14,7 @@ from em_hf.ops.linear_entropy import linear_entropy_loss, linear_token_entropy
 __all__ = [
     "SoftmaxEntropy",
     "backend",
+    "build",
     "entropy_backward",
     "entropy_forward",
     "entropy_grad",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import em_hf.generation.batched as generation
+import em_hf.data.selection as selection_module
 from em_hf.cli import main
 from em_hf.data.selection import default_verifier, select_by_pass_variance
 from em_hf.generation.batched import Completion
@@ -45,7 +45,7 @@ def _fake_generation(monkeypatch, correct_per_prompt: list[int], k: int, answers
                 completions.append(Completion(text=text, num_tokens=2, mean_entropy=0.1))
         return completions, 1.0
 
-    monkeypatch.setattr(generation, "generate_completions", fake)
+    monkeypatch.setattr(selection_module, "generate_completions", fake)
     return calls
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from em_hf.eval import load_benchmark
 from em_hf.eval.benchmarks import BenchmarkItem
-from em_hf.eval.methods import REFINE_INSTRUCTIONS, count_parameters, majority_vote, run_items
+from em_hf.eval.methods import REFINE_INSTRUCTIONS, majority_vote, run_items
 from em_hf.eval.scoring import final_answer
 from em_hf.generation.batched import generate_completions
 from em_hf.generation.decoding import parse_method
@@ -29,11 +29,6 @@ def test_majority_vote():
     assert majority_vote(["3", "4", "4", "3"]) == 0  # a tie goes to the answer seen first
     assert majority_vote([None, "7"]) == 1
     assert majority_vote([None, None]) == 0
-
-
-def test_count_parameters_counts_tied_weights_once(sharp_llama):
-    assert count_parameters(sharp_llama) == sharp_llama.num_parameters()
-    assert count_parameters(sharp_llama) == sum(t.numel() for t in sharp_llama.state_dict().values())
 
 
 def _prompt_lengths(tokenizer, prompts) -> list[int]:

@@ -3,7 +3,8 @@
 1. Candidate prompts (arithmetic problems that are NOT in the evaluation set) are ranked by pass@k
    variance (:func:`em_hf.data.select_by_pass_variance`, paper 2 sec. 2.2); the top one is the single
    training prompt.
-2. The model is scored on the evaluation set with several decoding methods (:func:`em_hf.demo.run_demo`).
+2. The model is scored on the evaluation set with several decoding methods
+   (:func:`em_hf.demos.decoding.run_demo`).
 3. :class:`~em_hf.trainers.EntropyMinTrainer` trains it with :meth:`EntropyMinConfig.one_shot` (paper 2's
    hyperparameters; fewer samples per step and shorter completions, as CPU time demands), evaluating
    greedy accuracy during training with :class:`~em_hf.trainers.BenchmarkEarlyStoppingCallback`.
@@ -24,8 +25,10 @@ import torch
 
 from em_hf.data.arithmetic import make_arithmetic_problems
 from em_hf.data.selection import PromptPassVariance, select_by_pass_variance
-from em_hf.demo import MethodSummary, run_demo
-from em_hf.trainers.callbacks import BenchmarkEarlyStoppingCallback, BenchmarkRecord, arithmetic_evaluator
+from em_hf.demos.decoding import run_demo
+from em_hf.eval.evaluators import arithmetic_evaluator
+from em_hf.eval.report import MethodSummary
+from em_hf.trainers.callbacks import BenchmarkEarlyStoppingCallback, BenchmarkRecord
 from em_hf.trainers.em_config import EntropyMinConfig
 from em_hf.trainers.em_trainer import EntropyMinTrainer
 

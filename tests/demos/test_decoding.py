@@ -7,10 +7,11 @@ import statistics
 
 import pytest
 
-import em_hf.demo as demo
+import em_hf.eval.methods as harness_methods
 from em_hf.cli import build_parser, main
 from em_hf.data.arithmetic import make_arithmetic_problems
-from em_hf.demo import DEFAULT_DEMO_METHODS, MethodSummary, format_table, run_demo
+from em_hf.demos.decoding import DEFAULT_DEMO_METHODS, run_demo
+from em_hf.eval.report import MethodSummary, format_seed_table
 from em_hf.generation.batched import Completion
 from em_hf.generation.decoding import parse_method
 from tests.helpers import WORD_VOCAB_SIZE, make_tiny_llama, make_word_tokenizer
@@ -18,7 +19,7 @@ from tests.helpers import WORD_VOCAB_SIZE, make_tiny_llama, make_word_tokenizer
 VOCAB = WORD_VOCAB_SIZE
 
 
-def test_run_demo_on_a_tinymake_tiny_llama(sharpen=10.0):
+def test_run_demo_on_a_tiny_model():
     methods = ["greedy", "sample", "em-inf"]
     summaries = run_demo(
         make_tiny_llama(sharpen=10.0),
@@ -36,7 +37,7 @@ def test_run_demo_on_a_tinymake_tiny_llama(sharpen=10.0):
         assert s.n_items == 4
         assert 0.0 <= s.accuracy <= 1.0
         assert s.accuracy_std >= 0.0
-        assert 1.0 <= s.mean_tokens <= 4.0
+        assert 1.0 <= s.tokens <= 4.0
         assert 0.0 <= s.mean_entropy <= math.log(VOCAB) + 1e-6
         assert s.tokens_per_s > 0
     assert summaries[0].accuracy_std == 0.0  # one greedy run
@@ -53,12 +54,14 @@ def test_run_demo_aggregates_over_seeds(monkeypatch):
         assert prompts == [p.messages for p in problems]
         right = {0: 4, 1: 1, 2: 2}[seed]  # items answered correctly for this seed
         texts = [f"= {p.answer}" if i < right else f"= {p.answer + 1}" for i, p in enumerate(problems)]
-        completions = [Completion(text=t, num_tokens=seed + 2, mean_entropy=0.5 * seed) for t in texts]
+        completions = [
+            Completion(text=t, num_tokens=seed + 2, mean_entropy=0.5 * seed, seconds=0.5) for t in texts
+        ]
         return completions, 2.0
 
-    monkeypatch.setattr(demo, "generate_completions", fake_generate)
+    monkeypatch.setattr(harness_methods, "generate_completions", fake_generate)
     sample, greedy = run_demo(
-        None,
+        make_tiny_llama(),
         None,
         methods=["sample:t=0.5", parse_method("greedy")],
         n_items=4,
@@ -70,7 +73,7 @@ def test_run_demo_aggregates_over_seeds(monkeypatch):
     assert sample.accuracy == pytest.approx(statistics.fmean([1.0, 0.25, 0.5]))
     assert sample.accuracy_std == pytest.approx(statistics.stdev([1.0, 0.25, 0.5]))
     assert sample.mean_entropy == pytest.approx(0.5)
-    assert sample.mean_tokens == pytest.approx(3.0)
+    assert sample.tokens == pytest.approx(3.0)
     assert sample.tokens_per_s == pytest.approx(4 * (2 + 3 + 4) / 6.0)
     assert (greedy.n_seeds, greedy.accuracy, greedy.accuracy_std) == (1, 1.0, 0.0)
 
@@ -86,10 +89,12 @@ def test_run_demo_argument_errors():
 
 def test_format_table():
     summaries = [
-        MethodSummary("greedy", 0.375, 0.0, 40, 1, 0.12345, 5.25, 100.0),
-        MethodSummary("em-inf:t=0.1", 0.5, 0.1, 40, 3, 0.5, 6.0, 80.0),
+        MethodSummary(
+            "arithmetic", "greedy", 40, 1, 0.375, 0.2, 0.5, 5.25, 0.1, 1e9, 0.12345, None, 0.0, 100.0
+        ),
+        MethodSummary("arithmetic", "em-inf:t=0.1", 40, 3, 0.5, 0.4, 0.6, 6.0, 0.1, 1e9, 0.5, 0.7, 0.1, 80.0),
     ]
-    lines = format_table(summaries).splitlines()
+    lines = format_seed_table(summaries).splitlines()
     assert len(lines) == 2 + len(summaries)
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[0] == "method"

@@ -14,19 +14,12 @@ import argparse
 import sys
 import time
 
-from em_hf.cli import _positive_int
+from em_hf.cli.types import add_generation_options, add_model_options, positive_float, positive_int
 
-__all__ = ["add_eval_parser", "run_eval"]
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
+__all__ = ["add_parser", "run"]
 
 
-def add_eval_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub) -> argparse.ArgumentParser:
     """Register the ``eval`` subcommand on an ``add_subparsers`` object."""
     from em_hf.eval.benchmarks import BENCHMARKS
     from em_hf.generation.decoding import KINDS
@@ -39,12 +32,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
         "sandbox, physics tolerance), and write items.jsonl, a Table-3-shaped markdown table and an "
         "accuracy-vs-FLOPs plot to --out. Re-running the same command resumes.",
     )
-    parser.add_argument(
-        "--model", default="default", help="'default' or a model id/folder (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--load-in-8bit", action="store_true", help="quantize the model to 8-bit (bitsandbytes)"
-    )
+    add_model_options(parser)
     parser.add_argument(
         "--benchmark",
         "--benchmarks",
@@ -62,15 +50,12 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
         help=f"decoding methods, NAME[:key=value,...], space- or comma-separated; names: {', '.join(KINDS)}; "
         "e.g. sc:4 em-inf:t=0.1,n_steps=5 refine:n=3 (default: %(default)s)",
     )
-    parser.add_argument("--limit", type=_positive_int, default=None, help="first N items of each benchmark")
-    parser.add_argument(
-        "--seeds", type=_positive_int, default=1, help="seeds per sampled method (default: 1)"
-    )
+    parser.add_argument("--limit", type=positive_int, default=None, help="first N items of each benchmark")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per sampled method (default: 1)")
     parser.add_argument(
         "--out", required=True, help="output folder (created; an existing run there is resumed)"
     )
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=256, help="(default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per generate call")
+    add_generation_options(parser, max_new_tokens=256, batch_size=16)
     parser.add_argument(
         "--benchmark-dir",
         default=None,
@@ -80,14 +65,12 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument(
         "--template", default=None, help="prompt template with {question} for every benchmark"
     )
-    parser.add_argument("--code-timeout", type=_positive_float, default=10.0, help="seconds per program run")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--code-timeout", type=positive_float, default=10.0, help="seconds per program run")
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``em-hf eval`` from parsed arguments; prints the tables and where the files are."""
     import torch
 

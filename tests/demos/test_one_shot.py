@@ -6,7 +6,7 @@ import pytest
 
 from em_hf.cli import main
 from em_hf.data.arithmetic import make_arithmetic_problems
-from em_hf.one_shot_demo import format_one_shot_report, run_one_shot_demo, select_one_shot_prompt
+from em_hf.demos.one_shot import format_one_shot_report, run_one_shot_demo, select_one_shot_prompt
 from tests.helpers import make_tiny_llama, make_word_tokenizer
 
 

@@ -1,0 +1,30 @@
+"""The ``em-hf`` command line: one module per subcommand (``demo``, ``eval``, ``select``,
+``build-ops``), each with ``add_parser(subparsers)`` and ``run(args) -> exit code``; shared argument
+types in :mod:`em_hf.cli.types`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from em_hf.cli import build_ops, demo, select
+from em_hf.cli import eval as eval_command
+
+__all__ = ["build_parser", "main"]
+
+_SUBCOMMANDS = {"demo": demo, "eval": eval_command, "select": select, "build-ops": build_ops}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``em-hf`` parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="em-hf", description="Entropy minimization for LLM reasoning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in _SUBCOMMANDS.values():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the subcommand; returns its exit code."""
+    args = build_parser().parse_args(argv)
+    return _SUBCOMMANDS[args.command].run(args)

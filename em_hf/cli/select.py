@@ -1,0 +1,93 @@
+"""``em-hf select``: rank candidate prompts by pass@k variance (One-shot Entropy Minimization,
+section 2.2: the prompt on which the model is least consistent is the one to train on)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from em_hf.cli.types import add_generation_options, add_model_options, positive_int
+
+__all__ = ["add_parser", "read_candidates", "run"]
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register ``select`` on an ``add_subparsers`` object."""
+    parser = sub.add_parser(
+        "select",
+        help="rank prompts by pass@k variance (one-shot EM's prompt selection)",
+        description="Sample k answers per candidate prompt, grade them, and print the prompts ranked by the "
+        "variance p(1-p) of their pass rate (One-shot Entropy Minimization, sec. 2.2). Candidates: a JSONL "
+        "file with 'prompt' (a string, used as it is, or chat messages, rendered with the chat template) "
+        "and 'answer' fields, or generated arithmetic problems.",
+    )
+    add_model_options(parser, quantize=False)
+    parser.add_argument(
+        "--data", default=None, help="JSONL file of {'prompt', 'answer'} (default: arithmetic)"
+    )
+    parser.add_argument(
+        "--candidates", type=positive_int, default=24, help="arithmetic candidates (default: %(default)s)"
+    )
+    parser.add_argument("--k", type=positive_int, default=8, help="samples per prompt (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    add_generation_options(parser, max_new_tokens=256, batch_size=64, threads=False)
+    parser.add_argument("--top", type=positive_int, default=10, help="rows to print (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    parser.add_argument("--output", default=None, help="also write all ranked rows to this JSONL file")
+    return parser
+
+
+def read_candidates(path: str) -> tuple[list, list]:
+    """Prompts and answers of a JSONL file of ``{"prompt": ..., "answer": ...}`` records."""
+    prompts, answers = [], []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if "prompt" not in record or "answer" not in record:
+                raise SystemExit(f"{path}:{number}: each line needs 'prompt' and 'answer' fields.")
+            prompts.append(record["prompt"])
+            answers.append(record["answer"])
+    if not prompts:
+        raise SystemExit(f"{path} holds no candidate prompt.")
+    return prompts, answers
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``em-hf select`` from parsed arguments; prints the ranking (and writes ``--output``)."""
+    from em_hf.data import make_arithmetic_problems, select_by_pass_variance
+    from em_hf.models import load_model
+
+    if args.data is not None:
+        prompts, answers = read_candidates(args.data)
+    else:
+        problems = make_arithmetic_problems(args.candidates, seed=1000)
+        prompts, answers = [p.messages for p in problems], [p.answer for p in problems]
+    model, tokenizer = load_model(args.model)
+    ranked = select_by_pass_variance(
+        model,
+        tokenizer,
+        prompts,
+        answers,
+        k=args.k,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print("| rank | prompt | answer | pass rate | variance |")
+    print("|---|---|---|---|---|")
+    for rank, row in enumerate(ranked[: args.top], start=1):
+        text = row.prompt if isinstance(row.prompt, str) else row.prompt[-1]["content"]
+        print(f"| {rank} | {text[:80]!r} | {row.answer} | {row.pass_rate:.3f} | {row.variance:.3f} |")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            for row in ranked:
+                record = {"index": row.index, "prompt": row.prompt, "answer": row.answer}
+                record.update(
+                    pass_rate=row.pass_rate, variance=row.variance, completions=list(row.completions)
+                )
+                handle.write(json.dumps(record) + "\n")
+    return 0
