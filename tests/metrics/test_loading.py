@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import socket
 from pathlib import Path
 
@@ -98,3 +99,23 @@ def test_metric_folders_are_packages_shipped_in_the_wheel():
     packages = setuptools.find_packages(str(root), exclude=["tests", "tests.*", "examples"])
     for name in NAMES:
         assert f"em_hf.metrics.{name}" in packages
+
+
+def _em_hf_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return {name for name in names if name.startswith("em_hf.")}
+
+
+def test_import_rule():
+    """em_hf.metrics builds on em_hf.eval and em_hf.utils; nothing else in em_hf imports it."""
+    for path in PACKAGE.rglob("*.py"):
+        for name in _em_hf_imports(path):
+            assert name.startswith(("em_hf.eval", "em_hf.utils", "em_hf.metrics")), (path, name)
+    for path in PACKAGE.parent.rglob("*.py"):
+        if PACKAGE not in path.parents:
+            assert not any(n.startswith("em_hf.metrics") for n in _em_hf_imports(path)), path
