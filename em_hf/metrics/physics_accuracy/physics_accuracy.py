@@ -1,0 +1,123 @@
+r"""``physics_accuracy``: the share of completions whose answers match the reference (UGPhysics rule)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+import evaluate
+
+from em_hf.eval.grading import grade_physics
+from em_hf.metrics import _common
+
+_DESCRIPTION = r"""
+Accuracy of answers to physics problems, graded by em_hf's physics grader
+(`em_hf.eval.grading.grade_physics`, the rule of the UGPhysics benchmark). With one reference answer,
+the completion's answer is its last `\boxed{...}` (else its last number); numbers (`4.88 \times
+10^{23}`, units stripped) match within a relative tolerance (default 1%), letters (multiple choice,
+true/false) match case-insensitively, anything else is compared by math-verify. With several
+reference answers (UGPhysics items with several answers), the completion's boxes, split at top-level
+commas, must match every reference, each by a different part, in any order. The score is the mean
+over items.
+"""
+
+_KWARGS_DESCRIPTION = r"""
+Parameters:
+    predictions (`list[str]`):
+        The model's completions, one per problem.
+    references (`list[str]` or `list[list[str]]`):
+        The reference answer of each problem, or the list of its answers (every one must be matched).
+        All items of one call use the same form.
+    rel_tol (`float`, *optional*, defaults to `0.01`):
+        Relative tolerance of numeric answers, in [0, 1).
+    return_per_item (`bool`, *optional*, defaults to `False`):
+        Also return `"correct"`, the list of per-item booleans.
+
+Returns:
+    `dict`: `"physics_accuracy"` (`float` in [0, 1]), `"num_correct"` (`int`), `"num_items"` (`int`),
+    and with `return_per_item=True` `"correct"` (`list[bool]`).
+
+Examples:
+
+    >>> import em_hf.metrics
+    >>> metric = em_hf.metrics.load("physics_accuracy")
+    >>> completions = ["\\boxed{9.79\\,\\mathrm{m/s^2}}", "\\boxed{2.0}"]
+    >>> metric.compute(predictions=completions, references=["9.81", "3"])
+    {'physics_accuracy': 0.5, 'num_correct': 1, 'num_items': 2}
+"""
+
+_CITATION = r"""
+@article{xu2025ugphysics,
+  title={UGPhysics: A Comprehensive Benchmark for Undergraduate Physics Reasoning with Large Language Models},
+  author={Xu, Xin and Xu, Qiyun and Xiao, Tong and Chen, Tianhao and Yan, Yuchen and Zhang, Jiaxin
+          and Diao, Shizhe and Yang, Can and Wang, Yang},
+  journal={arXiv preprint arXiv:2502.00334},
+  year={2025}
+}
+@misc{kydlicek2025mathverify,
+  title={Math-Verify: Math Verification Library},
+  author={Kydl{\'\i}{\v{c}}ek, Hynek},
+  howpublished={\url{https://github.com/huggingface/Math-Verify}},
+  year={2025}
+}
+"""
+
+_STRING = datasets.Value("string")
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class PhysicsAccuracy(evaluate.Metric):
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=[
+                datasets.Features({"predictions": _STRING, "references": _STRING}),
+                datasets.Features({"predictions": _STRING, "references": datasets.Sequence(_STRING)}),
+            ],
+            reference_urls=["https://github.com/YangLabHKUST/UGPhysics"],
+        )
+
+    def add_batch(self, *, predictions=None, references=None, **kwargs: Any) -> None:
+        """Check one batch (lengths) before ``evaluate`` stores it.
+
+        Parameters:
+            predictions (`list[str]`, *optional*):
+                Completions, one per problem.
+            references (`list[str]` or `list[list[str]]`, *optional*):
+                Reference answers, one entry per problem.
+        """
+        if predictions is not None and references is not None:
+            predictions = _common.as_list("predictions", predictions)
+            references = _common.as_list("references", references)
+            _common.check_same_length(predictions, references)
+        super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def compute(self, *, predictions=None, references=None, **kwargs: Any) -> dict | None:
+        """Score the given items (and any added before), see the class docstring.
+
+        Parameters:
+            predictions (`list[str]`, *optional*):
+                Completions, one per problem.
+            references (`list[str]` or `list[list[str]]`, *optional*):
+                Reference answers, one entry per problem.
+            kwargs (*optional*):
+                `rel_tol`, `return_per_item`.
+        """
+        if predictions is not None:
+            _common.check_not_empty(_common.as_list("predictions", predictions))
+        return super().compute(predictions=predictions, references=references, **kwargs)
+
+    def _compute(self, predictions, references, rel_tol: float = 0.01, return_per_item: bool = False):
+        _common.check_not_empty(predictions)
+        _common.check_same_length(predictions, references)
+        correct = [grade_physics(p, r, rel_tol=rel_tol) for p, r in zip(predictions, references, strict=True)]
+        result: dict[str, Any] = {
+            "physics_accuracy": sum(correct) / len(correct),
+            "num_correct": sum(correct),
+            "num_items": len(correct),
+        }
+        if return_per_item:
+            result["correct"] = correct
+        return result
