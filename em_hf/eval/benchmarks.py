@@ -21,7 +21,6 @@ instruction to answer with one complete ```python block. A benchmark may be writ
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -320,24 +319,25 @@ def find_benchmarks_dir() -> Path | None:
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as file:
-            return [json.loads(line) for line in file if line.strip()]
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, list):
-            return data
-        if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-            # column-oriented: {"problem": {"0": ..., "1": ...}, ...}
-            columns = list(data)
-            keys = sorted(data[columns[0]], key=lambda k: int(k) if str(k).isdigit() else str(k))
-            return [{c: data[c].get(k) for c in columns} for k in keys]
-        raise ValueError(f"{path}: expected a list of rows or column-oriented JSON.")
-    if path.suffix == ".parquet":
-        from datasets import Dataset
+    """Rows of a benchmark file, read by ``datasets.load_dataset("json" | "parquet", data_files=...)``."""
+    if path.suffix not in (".json", ".jsonl", ".parquet"):
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use .json, .jsonl or .parquet).")
+    if path.suffix == ".json" and _is_column_oriented(path):
+        # pandas' column-oriented layout ({"problem": {"0": ..., "1": ...}, ...}, as MATH-500's file):
+        # datasets' JSON builder reads it as ONE row of dicts, pandas reads it as the table it is.
+        import pandas
 
-        return list(Dataset.from_parquet(str(path)))
-    raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use .json, .jsonl or .parquet).")
+        return pandas.read_json(path, orient="columns", dtype=False).to_dict("records")
+    from datasets import load_dataset
+
+    builder = "parquet" if path.suffix == ".parquet" else "json"
+    return [dict(row) for row in load_dataset(builder, data_files=str(path), split="train")]
+
+
+def _is_column_oriented(path: Path) -> bool:
+    with path.open(encoding="utf-8") as file:
+        head = file.read(64).lstrip()
+    return head.startswith("{")
 
 
 def _rows(spec: BenchmarkSpec, path: str | os.PathLike | None) -> tuple[list[dict[str, Any]], str]:
