@@ -351,11 +351,13 @@ def run_worker(spec_json: str) -> None:
 
 @dataclass(frozen=True)
 class Section:
-    """One benchmark section: ``run(run, args)`` prints its tables and returns its results (for --json)."""
+    """One benchmark section: ``prepare(run, args)`` checks its options (before any section runs) and
+    returns its settings; ``run(run, settings)`` prints its tables and returns its results (for --json)."""
 
     name: str
-    run: Callable[[Run, argparse.Namespace], dict[str, Any]]
+    run: Callable[[Run, Any], dict[str, Any]]
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    prepare: Callable[[Run, argparse.Namespace], Any] = lambda run, args: args
     takes_repeats: bool = False  # whether --repeats sets its timed repeats
 
 
@@ -426,9 +428,10 @@ def main(sections: Sequence[Section], description: str | None = None, argv: list
     by_name = {section.name: section for section in sections}
     chosen = parse_list(getattr(args, "sections", ",".join(by_name)), tuple(by_name), "section")
     run = make_run(args)
+    settings = {name: by_name[name].prepare(run, args) for name in chosen}
     run.print_header(chosen)
     start = time.perf_counter()
-    results = {name: by_name[name].run(run, args) for name in chosen}
+    results = {name: by_name[name].run(run, settings[name]) for name in chosen}
     print(f"== done in {time.perf_counter() - start:.0f} s")
     if run.json_path:
         Path(run.json_path).parent.mkdir(parents=True, exist_ok=True)

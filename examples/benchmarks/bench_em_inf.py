@@ -273,6 +273,7 @@ def run_generate(run: harness.Run) -> list[dict[str, Any]]:
 
 
 def run_section(run: harness.Run, args: argparse.Namespace) -> dict[str, Any]:
+    """The two tables; EM-INF has no options of its own (``args`` unused)."""
     return {"op": run_op(run), "generate": run_generate(run)}
 
 

@@ -156,13 +156,19 @@ def print_ratios(results: dict[tuple[str, str], dict[str, Any]], thps: list[str]
     print(flush=True)
 
 
-def run_section(run: harness.Run, args: argparse.Namespace) -> dict[str, Any]:
+def prepare(run: harness.Run, args: argparse.Namespace) -> dict[str, Any]:
+    """The workers' spec but the variant; ``--quick`` shrinks the shape and the repeats."""
     if args.lmhead_shape:
         (shape,) = harness.parse_shapes(args.lmhead_shape, 3)
     else:
         shape = run.size((512, 64, 4096), (8192, 576, 49152))
-    rows, hidden, vocab = shape
-    repeats = run.timed_repeats(1, 2)
+    spec = dict(zip(("rows", "hidden", "vocab"), shape, strict=True))
+    spec["repeats"] = run.timed_repeats(1, 2)
+    return spec | {"chunk_size": args.lmhead_chunk_size, "trl_chunk_size": args.trl_chunk_size}
+
+
+def run_section(run: harness.Run, spec: dict[str, Any]) -> dict[str, Any]:
+    rows, hidden, vocab, repeats = spec["rows"], spec["hidden"], spec["vocab"], spec["repeats"]
     print(
         f"== LM-head entropy, {rows} rows x {hidden} hidden x {vocab} vocab float32 "
         f"({rows * vocab * 4 / harness.MIB:.0f} MiB of logits), forward+backward (grads of hidden and W); "
@@ -173,17 +179,15 @@ def run_section(run: harness.Run, args: argparse.Namespace) -> dict[str, Any]:
     variants = ["naive", "trl"] if missing else ["naive", "ours", "ours-loss", "trl"]
     if missing:
         print(f"  [skipping ours: linear_token_entropy does not import: {missing}]")
-    chunk = "its default" if args.lmhead_chunk_size is None else str(args.lmhead_chunk_size)
+    chunk = "its default" if spec["chunk_size"] is None else str(spec["chunk_size"])
     print(
         f"  naive = token_entropy(hidden @ W.T); ours = linear_token_entropy, chunk_size {chunk}; "
         "ours-loss = linear_entropy_loss (sum of H, gradients formed in forward)"
     )
     print(
         "  trl = trl.kernels.ChunkedLogProbFunction, outputs=('entropy',), dummy targets; torch tiles "
-        f"on CPU (no Triton) of 4096 rows x {args.trl_chunk_size} vocab"
+        f"on CPU (no Triton) of 4096 rows x {spec['trl_chunk_size']} vocab"
     )
-    spec = {"rows": rows, "hidden": hidden, "vocab": vocab, "repeats": repeats}
-    spec |= {"chunk_size": args.lmhead_chunk_size, "trl_chunk_size": args.trl_chunk_size}
     results = run.spawn_grid(lmhead_worker, variants, lambda variant: {"variant": variant, **spec})
     harness.print_table(HEADERS, [lmhead_row(v, t, r) for (v, t), r in results.items()])
     print_ratios(results, list(run.thp))
@@ -203,7 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trl-chunk-size", type=int, default=TRL_VOCAB_CHUNK, help="trl's vocabulary chunk")
 
 
-SECTION = harness.Section("lmhead", run_section, add_arguments, takes_repeats=True)
+SECTION = harness.Section("lmhead", run_section, add_arguments, prepare, takes_repeats=True)
 
 if __name__ == "__main__":
     harness.main([SECTION], __doc__)

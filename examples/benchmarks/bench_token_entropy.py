@@ -280,8 +280,7 @@ def print_case(
     print_ratios(by_variant, case.mode, list(run.thp))
 
 
-def run_section(run: harness.Run, args: argparse.Namespace) -> dict[str, Any]:
-    settings = TokenSettings.from_args(run, args)
+def run_section(run: harness.Run, settings: TokenSettings) -> dict[str, Any]:
     roofline = run.roofline(settings.roofline_read_mib, settings.roofline_exp_elements)
     if settings.share_process:
         print("  (--quick: one process per variant and THP setting for all cases; max RSS covers them all)\n")
@@ -305,7 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", default=None, help="token section shapes, e.g. 4096x49152,2048x151936")
 
 
-SECTION = harness.Section("token", run_section, add_arguments, takes_repeats=True)
+SECTION = harness.Section("token", run_section, add_arguments, TokenSettings.from_args, takes_repeats=True)
 
 if __name__ == "__main__":
     harness.main([SECTION], __doc__)

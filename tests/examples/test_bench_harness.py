@@ -85,6 +85,15 @@ def test_all_sections_script_options(bench):
     parser = harness.build_parser(sections)
     args = parser.parse_args(["--sections", "lmhead", "--lmhead-shape", "8x4x16", "--thp", "on"])
     assert (args.sections, args.lmhead_shape, args.trl_chunk_size) == ("lmhead", "8x4x16", 32768)
+    spec = sections[1].prepare(bench["_harness"].make_run(args), args)
+    assert spec == {
+        "rows": 8,
+        "hidden": 4,
+        "vocab": 16,
+        "repeats": 2,
+        "chunk_size": None,
+        "trl_chunk_size": 32768,
+    }
     # EM-INF alone takes no --repeats (its repeats are its own); the token and lmhead scripts do.
     with pytest.raises(SystemExit):
         harness.build_parser([sections[2]]).parse_args(["--repeats", "2"])
