@@ -21,8 +21,9 @@ instruction to answer with one complete ```python block. A benchmark may be writ
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,15 +80,21 @@ class BenchmarkItem:
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """A registered benchmark: its local file name, its Hub source and a row -> item converter."""
+    """A registered benchmark (an entry of ``benchmarks.json`` beside this module): its task, its file
+    in the shared benchmark folder, its Hub source, the row keys its items are read from (each tried in
+    order) and its default prompt template."""
 
     name: str
     task: str
     filename: str | None
     hub: tuple[str, str | None, str] | None  # (dataset id, config, split)
-    to_item: Callable[[dict[str, Any], int, str], BenchmarkItem] | None
+    fields: dict[str, tuple[str, ...]]
     template: str
     description: str
+
+    def to_item(self, row: dict[str, Any], index: int, template: str) -> BenchmarkItem:
+        """The item of one raw row, by the spec's task."""
+        return _CONVERTERS[self.task](self, row, index, template)
 
 
 def _first(row: dict[str, Any], keys: Iterable[str], what: str, name: str) -> Any:
@@ -121,171 +128,81 @@ def _item_id(row: dict[str, Any], index: int, keys: Iterable[str]) -> str:
     return str(index)
 
 
-def _math_converter(
-    name: str, question_keys: tuple[str, ...], answer_keys: tuple[str, ...], id_keys: tuple[str, ...]
-) -> Callable[[dict[str, Any], int, str], BenchmarkItem]:
-    def convert(row: dict[str, Any], index: int, template: str) -> BenchmarkItem:
-        question = str(_first(row, question_keys, "question", name))
-        if answer_keys:
-            reference = _answer_text(_first(row, answer_keys, "answer", name))
-        else:  # Minerva: the answer is the last box of the gold solution
-            solution = str(_first(row, ("solution",), "solution", name))
-            boxed = extract_boxed(solution)
-            if boxed is None:
-                raise ValueError(f"{name} item {index}: its solution has no \\boxed{{}} answer.")
-            reference = boxed
-        metadata = {
-            k: v for k, v in row.items() if k in ("level", "type", "subject", "url", "subfield", "solution")
-        }
-        if isinstance(metadata.get("level"), str) and metadata["level"].startswith("Level "):
-            metadata["level"] = int(metadata["level"].removeprefix("Level ").strip() or 0)
-        return BenchmarkItem(
-            benchmark=name,
-            id=_item_id(row, index, id_keys),
-            task="math",
-            question=question,
-            prompt=_messages(template, question),
-            reference=reference,
-            metadata=metadata,
-        )
-
-    return convert
+def _item(
+    spec: BenchmarkSpec, row: dict[str, Any], index: int, template: str, **values: Any
+) -> BenchmarkItem:
+    question = str(_first(row, spec.fields["question"], "question", spec.name))
+    return BenchmarkItem(
+        benchmark=spec.name,
+        id=_item_id(row, index, spec.fields["id"]),
+        task=spec.task,
+        question=question,
+        prompt=_messages(template, question),
+        **values,
+    )
 
 
-def _ugphysics_item(row: dict[str, Any], index: int, template: str) -> BenchmarkItem:
-    name = "ugphysics"
-    question = str(_first(row, ("problem", "question"), "question", name))
-    answers = str(_first(row, ("answers", "answer"), "answer", name))
+def _math_item(spec: BenchmarkSpec, row: dict[str, Any], index: int, template: str) -> BenchmarkItem:
+    if spec.fields["answer"]:
+        reference = _answer_text(_first(row, spec.fields["answer"], "answer", spec.name))
+    else:  # Minerva: the answer is the last box of the gold solution
+        solution = str(_first(row, ("solution",), "solution", spec.name))
+        reference = extract_boxed(solution)
+        if reference is None:
+            raise ValueError(f"{spec.name} item {index}: its solution has no \\boxed{{}} answer.")
+    metadata = {
+        k: v for k, v in row.items() if k in ("level", "type", "subject", "url", "subfield", "solution")
+    }
+    if isinstance(metadata.get("level"), str) and metadata["level"].startswith("Level "):
+        metadata["level"] = int(metadata["level"].removeprefix("Level ").strip() or 0)
+    return _item(spec, row, index, template, reference=reference, metadata=metadata)
+
+
+def _physics_item(spec: BenchmarkSpec, row: dict[str, Any], index: int, template: str) -> BenchmarkItem:
     from em_hf.eval.grading import split_top_level
 
+    answers = str(_first(row, spec.fields["answer"], "answer", spec.name))
     box = extract_boxed(answers) if "\\boxed" in answers else answers
     if box is None:
-        raise ValueError(f"{name} item {index}: cannot read its answer {answers!r}.")
-    multiple = bool(row.get("is_multiple_answer"))
-    references = tuple(split_top_level(box)) if multiple else (box,)
-    return BenchmarkItem(
-        benchmark=name,
-        id=_item_id(row, index, ("index", "id")),
-        task="physics",
-        question=question,
-        prompt=_messages(template, question),
-        reference=box,
-        references=references,
-        metadata={k: row[k] for k in ("answer_type", "unit", "topic", "level") if k in row},
-    )
+        raise ValueError(f"{spec.name} item {index}: cannot read its answer {answers!r}.")
+    references = tuple(split_top_level(box)) if row.get("is_multiple_answer") else (box,)
+    metadata = {k: row[k] for k in ("answer_type", "unit", "topic", "level") if k in row}
+    return _item(spec, row, index, template, reference=box, references=references, metadata=metadata)
 
 
-def _leetcode_item(row: dict[str, Any], index: int, template: str) -> BenchmarkItem:
-    name = "leetcode"
-    question = str(_first(row, ("prompt_sft", "prompt"), "prompt", name))
-    tests = str(_first(row, ("test", "tests"), "test", name))
+def _code_item(spec: BenchmarkSpec, row: dict[str, Any], index: int, template: str) -> BenchmarkItem:
+    tests = str(_first(row, spec.fields["tests"], "test", spec.name))
     meta = row.get("meta") or {}
-    return BenchmarkItem(
-        benchmark=name,
-        id=_item_id(row, index, ("task_id", "id")),
-        task="code",
-        question=question,
-        prompt=_messages(template, question),
-        tests=tests,
-        metadata={"difficulty": meta.get("difficulty"), "title": row.get("title")},
-    )
+    metadata = {"difficulty": meta.get("difficulty"), "title": row.get("title")}
+    return _item(spec, row, index, template, tests=tests, metadata=metadata)
 
 
-BENCHMARKS: dict[str, BenchmarkSpec] = {
-    spec.name: spec
-    for spec in (
-        BenchmarkSpec(
-            "math500",
-            "math",
-            "math500.json",
-            ("HuggingFaceH4/MATH-500", None, "test"),
-            _math_converter("math500", ("problem",), ("expected_answer", "answer"), ("id", "unique_id")),
-            MATH_TEMPLATE,
-            "MATH-500 (500 competition problems, levels 1-5)",
-        ),
-        BenchmarkSpec(
-            "amc",
-            "math",
-            "amc.jsonl",
-            ("AI-MO/aimo-validation-amc", None, "train"),
-            _math_converter("amc", ("question", "problem"), ("answer",), ("id",)),
-            MATH_TEMPLATE,
-            "AMC 2022-2023 (83 problems, AI-MO validation set)",
-        ),
-        BenchmarkSpec(
-            "aime",
-            "math",
-            "aime.jsonl",
-            ("AI-MO/aimo-validation-aime", None, "train"),
-            _math_converter("aime", ("question", "problem"), ("answer",), ("id",)),
-            MATH_TEMPLATE,
-            "AIME 2022-2024 (90 problems, AI-MO validation set)",
-        ),
-        BenchmarkSpec(
-            "amc23",
-            "math",
-            "amc23.jsonl",
-            ("math-ai/amc23", None, "test"),
-            _math_converter("amc23", ("problem", "question"), ("answer",), ("id",)),
-            MATH_TEMPLATE,
-            "AMC 2023 (40 problems, the one-shot EM paper's AMC23)",
-        ),
-        BenchmarkSpec(
-            "aime24",
-            "math",
-            "aime24.jsonl",
-            ("HuggingFaceH4/aime_2024", None, "train"),
-            _math_converter("aime24", ("problem", "question"), ("answer",), ("id",)),
-            MATH_TEMPLATE,
-            "AIME 2024 (30 problems)",
-        ),
-        BenchmarkSpec(
-            "minerva",
-            "math",
-            "minerva_math.jsonl",
-            ("math-ai/minervamath", None, "test"),
-            _math_converter("minerva", ("problem", "question"), (), ("idx", "id")),
-            MATH_TEMPLATE,
-            "Minerva OCW courses (272 problems; answer = last box of the gold solution)",
-        ),
-        BenchmarkSpec(
-            "olympiadbench",
-            "math",
-            "olympiadbench.jsonl",
-            ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"),
-            _math_converter("olympiadbench", ("question", "problem"), ("final_answer", "answer"), ("id",)),
-            MATH_TEMPLATE,
-            "OlympiadBench open-ended English text-only math (675 problems)",
-        ),
-        BenchmarkSpec(
-            "leetcode",
-            "code",
-            "leetcode.jsonl",
-            None,
-            _leetcode_item,
-            CODE_TEMPLATE,
-            "LeetCode contests Jul 2023 - Jan 2024 (180 problems with tests, DeepSeek-Coder set)",
-        ),
-        BenchmarkSpec(
-            "ugphysics",
-            "physics",
-            "ugphysics_semiconductor.jsonl",
-            ("UGPhysics/ugphysics", "SemiconductorPhysics", "en"),
-            _ugphysics_item,
-            PHYSICS_TEMPLATE,
-            "UGPhysics, Semiconductor Physics subset, English (186 problems)",
-        ),
-        BenchmarkSpec(
-            "arithmetic",
-            "arithmetic",
-            None,
-            None,
-            None,
-            "{question}",
-            "the package's arithmetic set (em_hf.data.make_arithmetic_problems; generated, no file)",
-        ),
-    )
+_CONVERTERS = {"math": _math_item, "physics": _physics_item, "code": _code_item}
+_TEMPLATES = {
+    "math": MATH_TEMPLATE,
+    "physics": PHYSICS_TEMPLATE,
+    "code": CODE_TEMPLATE,
+    "plain": "{question}",
 }
+
+
+def _load_registry() -> dict[str, BenchmarkSpec]:
+    entries = json.loads((Path(__file__).with_name("benchmarks.json")).read_text(encoding="utf-8"))
+    return {
+        entry["name"]: BenchmarkSpec(
+            name=entry["name"],
+            task=entry["task"],
+            filename=entry["file"],
+            hub=tuple(entry["hub"]) if entry["hub"] else None,
+            fields={key: tuple(keys) for key, keys in entry["fields"].items()},
+            template=_TEMPLATES[entry["template"]],
+            description=entry["description"],
+        )
+        for entry in entries["benchmarks"]
+    }
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = _load_registry()
 
 
 def _candidate_roots() -> list[Path]:
@@ -438,7 +355,6 @@ def load_benchmark(
         items = _arithmetic_items(options, template)
     else:
         rows, source = _rows(benchmark, path)
-        assert benchmark.to_item is not None
         items = [benchmark.to_item(row, index, template) for index, row in enumerate(rows)]
         if len({item.id for item in items}) < len(items):
             # Ids must key resumable runs; where the file repeats them (AMC), the row number is the id.
