@@ -8,6 +8,7 @@ import torch
 from transformers import LogitsProcessor
 
 from em_hf.ops import adaptive_temperature
+from em_hf.ops.logit_optimization import ADAPTIVE_TEMPERATURE_PARAMETERS, document_parameters
 from em_hf.utils.validation import check_adaptive_temperature_arguments
 
 __all__ = ["AdaptiveTemperatureLogitsWarper"]
@@ -24,38 +25,25 @@ class AdaptiveTemperatureLogitsWarper(LogitsProcessor):
     :func:`em_hf.ops.adaptive_temperature` on the step's scores; the input is not modified.
 
     Parameters:
-        alpha (`float`, *optional*, defaults to `0.85`):
-            Target ratio of entropies, in (0, 1]. 0.85 is the released scripts' value; the paper
-            text (section 4) reports alpha in (0.4, 0.6) as best.
-        threshold (`float`, *optional*, defaults to `0.3`):
-            The entropy floor delta >= 0 in nats; rows at or below it are untouched (the released
-            scripts' EM-INF delta; the paper: 0.1 < delta < 0.5).
-        tau_min (`float`, *optional*, defaults to `0.01`):
-            Lower end of the bisection interval, 0 < tau_min < tau_max (released scripts).
-        tau_max (`float`, *optional*, defaults to `1.0`):
-            Upper end of the bisection interval (released scripts).
-        max_iter (`int`, *optional*, defaults to `100`):
-            Maximum bisection steps, >= 1 (released scripts).
-        tol (`float`, *optional*, defaults to `0.1`):
-            Tolerance on |H - H_target| in nats, > 0 (released scripts).
+        {parameters}
 
     Examples:
 
     ```python
     >>> import torch
-    >>> from transformers import LlamaConfig, LlamaForCausalLM
     >>> from em_hf import AdaptiveTemperatureLogitsWarper
     >>> warper = AdaptiveTemperatureLogitsWarper(alpha=0.5, tol=0.01)
     >>> warper.temperatures(torch.tensor([[1.0, 0.5, 0.0, -0.5], [9.0, 0.0, 0.0, 0.0]])).round(decimals=3)
-    tensor([0.3670, 1.0000], dtype=torch.float64)
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <torch._C.Generator object at ...>
-    >>> config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-    ...                      num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)
-    >>> model = LlamaForCausalLM(config).eval()
-    >>> out = model.generate(torch.tensor([[1, 2, 3]]), do_sample=True, max_new_tokens=5,
-    ...                      logits_processor=[warper])
-    >>> out.shape
+    tensor([0.3120, 1.0000], dtype=torch.float64)
+
+    In ``generate``, with a tiny random model:
+
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)).eval()
+    >>> prompt = torch.tensor([[1, 2, 3]])
+    >>> model.generate(prompt, do_sample=True, max_new_tokens=5, logits_processor=[warper]).shape
     torch.Size([1, 8])
 
     ```
@@ -81,3 +69,6 @@ class AdaptiveTemperatureLogitsWarper(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return adaptive_temperature(scores, **self._settings())
+
+
+document_parameters(AdaptiveTemperatureLogitsWarper, ADAPTIVE_TEMPERATURE_PARAMETERS)

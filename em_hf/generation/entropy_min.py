@@ -13,6 +13,7 @@ import torch
 from transformers import LogitsProcessor
 
 from em_hf.ops import em_inf
+from em_hf.ops.logit_optimization import EM_INF_PARAMETERS, document_parameters
 from em_hf.utils.validation import check_em_inf_arguments
 
 __all__ = ["EntropyMinLogitsProcessor"]
@@ -30,21 +31,7 @@ class EntropyMinLogitsProcessor(LogitsProcessor):
     own entropy, stop and Adam moments, and the input scores are not modified.
 
     Parameters:
-        threshold (`float`, *optional*, defaults to `0.3`):
-            The entropy floor delta >= 0 in nats: a row at or below it is left as it is from then
-            on (checked before every step). 0.3 is the released scripts' value; the paper (section
-            4) uses 0.1 < delta < 0.5.
-        n_steps (`int`, *optional*, defaults to `3`):
-            Gradient steps (>= 1) for a row that stays above the threshold. 3 in the released
-            scripts; the paper (section 4) reports 5 to 15.
-        lr (`float`, *optional*, defaults to `0.1`):
-            Step size (> 0), as in the released scripts.
-        kl_weight (`float`, *optional*, defaults to `0.001`):
-            Weight (>= 0) of KL(p_orig || p), which keeps p near the model's distribution (section
-            4, eq. 5; 0.001 to 0.05 in the released scripts).
-        optimizer (`str`, *optional*, defaults to `"adam"`):
-            `"adam"` (torch's Adam with betas (0.9, 0.999) and eps 1e-8, the released scripts) or
-            `"sgd"` (plain gradient descent, which never changes the argmax: Proposition 1).
+        {parameters}
 
     Examples:
 
@@ -81,3 +68,6 @@ class EntropyMinLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         settings = {"threshold": self.threshold, "n_steps": self.n_steps, "lr": self.lr}
         return em_inf(scores, **settings, kl_weight=self.kl_weight, optimizer=self.optimizer)
+
+
+document_parameters(EntropyMinLogitsProcessor, EM_INF_PARAMETERS)

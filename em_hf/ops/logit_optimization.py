@@ -28,6 +28,8 @@ devices, or ``EM_HF_ENTROPY_BACKEND=torch``); :func:`em_hf.ops.backend` tells wh
 from __future__ import annotations
 
 import math
+import re
+import textwrap
 
 import torch
 
@@ -46,6 +48,49 @@ __all__ = ["adaptive_temperature", "em_inf"]
 # torch.optim.Adam's defaults, so that batch size 1 reproduces the reference procedure.
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
+
+# The documentation of the settings, shared by the functional forms and the logits processors of
+# em_hf.generation: the entries of a "Parameters:" block, put in place by `document_parameters`.
+EM_INF_PARAMETERS = """\
+threshold (`float`, *optional*, defaults to `0.3`):
+    The entropy floor delta >= 0 in nats: a row at or below it is left as it is from then
+    on. 0.3 is the released scripts' value; the paper (section 4) uses 0.1 < delta < 0.5.
+n_steps (`int`, *optional*, defaults to `3`):
+    Gradient steps (>= 1) for a row that stays above the threshold. 3 in the released
+    scripts; the paper (section 4) reports 5 to 15.
+lr (`float`, *optional*, defaults to `0.1`):
+    Step size (> 0), as in the released scripts.
+kl_weight (`float`, *optional*, defaults to `0.001`):
+    Weight (>= 0) of KL(p_orig || p), which keeps p near the model's distribution (section
+    4, eq. 5; 0.001 to 0.05 in the released scripts).
+optimizer (`str`, *optional*, defaults to `"adam"`):
+    `"adam"` (torch's Adam with betas (0.9, 0.999) and eps 1e-8, the released scripts) or
+    `"sgd"` (plain gradient descent, which never changes the argmax: Proposition 1)."""
+
+ADAPTIVE_TEMPERATURE_PARAMETERS = """\
+alpha (`float`, *optional*, defaults to `0.85`):
+    Target ratio of entropies, in (0, 1]. 0.85 is the released scripts' value; the paper
+    text (section 4) reports alpha in (0.4, 0.6) as best.
+threshold (`float`, *optional*, defaults to `0.3`):
+    The entropy floor delta >= 0 in nats; rows at or below it are untouched (the released
+    scripts' EM-INF delta; the paper: 0.1 < delta < 0.5).
+tau_min (`float`, *optional*, defaults to `0.01`):
+    Lower end of the bisection interval, 0 < tau_min < tau_max (released scripts).
+tau_max (`float`, *optional*, defaults to `1.0`):
+    Upper end of the bisection interval (released scripts).
+max_iter (`int`, *optional*, defaults to `100`):
+    Maximum bisection steps, >= 1 (released scripts).
+tol (`float`, *optional*, defaults to `0.1`):
+    Tolerance on |H - H_target| in nats, > 0 (released scripts)."""
+
+
+def document_parameters(obj, parameters: str):
+    """Put ``parameters`` (entries of a ``Parameters:`` block, unindented) in place of the line
+    ``{parameters}`` of ``obj.__doc__``, at that line's indentation; returns ``obj``."""
+    match = re.search(r"^( *)\{parameters\}$", obj.__doc__, flags=re.MULTILINE)
+    entries = textwrap.indent(parameters, match.group(1))
+    obj.__doc__ = obj.__doc__[: match.start()] + entries + obj.__doc__[match.end() :]
+    return obj
 
 
 def _checked_scores(scores: torch.Tensor, owner: str) -> torch.Tensor:
@@ -73,25 +118,12 @@ def em_inf(
         scores (`torch.Tensor` of shape `(rows, vocab)`):
             Next-token logits, float32, bfloat16, float16 or float64; `-inf` marks masked tokens.
             NaN and `+inf` raise `ValueError`.
-        threshold (`float`, *optional*, defaults to `0.3`):
-            The entropy floor delta >= 0 in nats: a row at or below it is left as it is from then
-            on. 0.3 is the released scripts' value; the paper (section 4) uses 0.1 < delta < 0.5.
-        n_steps (`int`, *optional*, defaults to `3`):
-            Gradient steps (>= 1) for a row that stays above the threshold. 3 in the released
-            scripts; the paper (section 4) reports 5 to 15.
-        lr (`float`, *optional*, defaults to `0.1`):
-            Step size (> 0), as in the released scripts.
-        kl_weight (`float`, *optional*, defaults to `0.001`):
-            Weight (>= 0) of KL(p_orig || p), which keeps p near the model's distribution (section
-            4, eq. 5; 0.001 to 0.05 in the released scripts).
-        optimizer (`str`, *optional*, defaults to `"adam"`):
-            `"adam"` (torch's Adam with betas (0.9, 0.999) and eps 1e-8, the released scripts) or
-            `"sgd"` (plain gradient descent, which never changes the argmax: Proposition 1).
+        {parameters}
 
     Returns:
         `torch.Tensor`: new scores of the input's shape, dtype and device (computed in float32,
         float64 for float64 input); `-inf` entries stay `-inf`, rows at or below the threshold are
-        returned bit for bit.
+        returned bit for bit (possibly the input tensor itself when no row is above it).
 
     Examples:
 
@@ -100,10 +132,10 @@ def em_inf(
     >>> from em_hf.ops import em_inf, token_entropy
     >>> scores = torch.tensor([[2.0, 1.0, 0.5, 0.0], [9.0, 0.0, 0.0, float("-inf")]])
     >>> token_entropy(scores).round(decimals=3)
-    tensor([1.1610, 0.0040])
+    tensor([1.1100, 0.0020])
     >>> out = em_inf(scores, threshold=0.3, n_steps=3, lr=0.1)
     >>> token_entropy(out).round(decimals=3)  # row 0 sharpened, row 1 already below 0.3
-    tensor([0.9330, 0.0040])
+    tensor([0.8880, 0.0020])
     >>> torch.equal(out[1], scores[1]), out.argmax(-1).tolist()
     (True, [0, 0])
 
@@ -120,6 +152,9 @@ def em_inf(
             scores, threshold, n_steps, lr, kl_weight, adam, beta1, beta2, _ADAM_EPS
         )
     return _em_inf_torch(scores, threshold, n_steps, lr, kl_weight, optimizer == "adam")
+
+
+document_parameters(em_inf, EM_INF_PARAMETERS)
 
 
 def _em_inf_torch(scores, threshold: float, n_steps: int, lr: float, kl_weight: float, adam: bool):
@@ -202,26 +237,14 @@ def adaptive_temperature(
         scores (`torch.Tensor` of shape `(rows, vocab)`):
             Next-token logits, float32, bfloat16, float16 or float64; `-inf` marks masked tokens.
             NaN and `+inf` raise `ValueError`.
-        alpha (`float`, *optional*, defaults to `0.85`):
-            Target ratio of entropies, in (0, 1]. 0.85 is the released scripts' value; the paper
-            text (section 4) reports alpha in (0.4, 0.6) as best.
-        threshold (`float`, *optional*, defaults to `0.3`):
-            The entropy floor delta >= 0 in nats; rows at or below it are untouched (the released
-            scripts' EM-INF delta; the paper: 0.1 < delta < 0.5).
-        tau_min (`float`, *optional*, defaults to `0.01`):
-            Lower end of the bisection interval, 0 < tau_min < tau_max (released scripts).
-        tau_max (`float`, *optional*, defaults to `1.0`):
-            Upper end of the bisection interval (released scripts).
-        max_iter (`int`, *optional*, defaults to `100`):
-            Maximum bisection steps, >= 1 (released scripts).
-        tol (`float`, *optional*, defaults to `0.1`):
-            Tolerance on |H - H_target| in nats, > 0 (released scripts).
+        {parameters}
         return_tau (`bool`, *optional*, defaults to `False`):
             Also return the per-row temperatures.
 
     Returns:
         `torch.Tensor`: the scores divided row by row by tau, of the input's shape, dtype and device
-        (rows at or below the threshold are returned bit for bit); with ``return_tau``, the pair
+        (rows at or below the threshold are returned bit for bit, possibly the input tensor itself when no
+        row is above it); with ``return_tau``, the pair
         ``(scores, tau)`` where tau is float64 of shape `(rows,)` and 1.0 for untouched rows.
 
     Examples:
@@ -232,9 +255,9 @@ def adaptive_temperature(
     >>> scores = torch.tensor([[1.0, 0.5, 0.0, -0.5], [9.0, 0.0, 0.0, 0.0]])
     >>> out, tau = adaptive_temperature(scores, alpha=0.5, tol=0.01, return_tau=True)
     >>> tau.round(decimals=3)
-    tensor([0.3670, 1.0000], dtype=torch.float64)
-    >>> token_entropy(scores).round(decimals=3), token_entropy(out).round(decimals=3)
-    (tensor([1.2420, 0.0010]), tensor([0.6250, 0.0010]))
+    tensor([0.3120, 1.0000], dtype=torch.float64)
+    >>> token_entropy(scores).round(decimals=3), token_entropy(out).round(decimals=3)  # target 0.5 * H0
+    (tensor([1.2450, 0.0040]), tensor([0.6160, 0.0040]))
 
     ```
     """
@@ -248,6 +271,9 @@ def adaptive_temperature(
         tau = _temperatures_torch(scores, alpha, threshold, tau_min, tau_max, max_iter, tol)
     out = _divide_rows(scores, tau)
     return (out, tau) if return_tau else out
+
+
+document_parameters(adaptive_temperature, ADAPTIVE_TEMPERATURE_PARAMETERS)
 
 
 def _temperatures_torch(scores, alpha, threshold, tau_min, tau_max, max_iter: int, tol) -> torch.Tensor:

@@ -166,9 +166,10 @@ at::Tensor entropy_backward_cpu(const at::Tensor& grad_entropy_in, const at::Ten
 
 }  // namespace em_hf
 
+// TORCH_FN: the kernels are known at compile time, so the dispatcher calls them directly.
 TORCH_LIBRARY_IMPL(em_hf, CPU, m) {
-  m.impl("entropy_forward", &em_hf::entropy_forward_cpu);
-  m.impl("entropy_backward", &em_hf::entropy_backward_cpu);
-  m.impl("em_inf", &em_hf::em_inf_cpu);
-  m.impl("adaptive_temperature", &em_hf::adaptive_temperature_cpu);
+  m.impl("entropy_forward", TORCH_FN(em_hf::entropy_forward_cpu));
+  m.impl("entropy_backward", TORCH_FN(em_hf::entropy_backward_cpu));
+  m.impl("em_inf", TORCH_FN(em_hf::em_inf_cpu));
+  m.impl("adaptive_temperature", TORCH_FN(em_hf::adaptive_temperature_cpu));
 }
