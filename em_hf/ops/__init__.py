@@ -1,4 +1,5 @@
-"""Entropy math shared by every EM method (one place computes entropy; everything else calls it)."""
+"""Entropy math shared by every EM method (one place computes entropy; everything else calls it),
+and the dispatch of each op to the compiled kernels or PyTorch."""
 
 from em_hf.ops._extension import backend, build
 from em_hf.ops.entropy import (
@@ -10,11 +11,14 @@ from em_hf.ops.entropy import (
     token_entropy,
 )
 from em_hf.ops.linear_entropy import linear_entropy_loss, linear_token_entropy
+from em_hf.ops.logit_optimization import adaptive_temperature, em_inf
 
 __all__ = [
     "SoftmaxEntropy",
+    "adaptive_temperature",
     "backend",
     "build",
+    "em_inf",
     "entropy_backward",
     "entropy_forward",
     "entropy_grad",

@@ -1,9 +1,14 @@
 """Build-on-first-use loading of the compiled entropy kernels (``em_hf/ops/csrc``).
 
 The C++ sources are compiled with ``torch.utils.cpp_extension.load`` the first time a kernel is
-needed (about a minute on 2 cores) and cached by torch in ``$TORCH_EXTENSIONS_DIR`` (default
-``~/.cache/torch_extensions``); later imports load the cached library in well under a second.
-Build ahead of time with ``em-hf build-ops``.
+needed (about a minute on 2 cores; one log line says so) and cached by torch in
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); later imports load the cached
+library in well under a second. Build ahead of time with ``em-hf build-ops``.
+
+The CPU sources are compiled with ``-march=native``, so the cached library runs only on CPUs with
+the instruction set of the machine that built it. Its name therefore carries a short key of that
+instruction set (:func:`isa_key`): machines that share a home directory but differ in their CPU
+each build and load their own copy instead of crashing on an illegal instruction.
 
 The environment variable ``EM_HF_ENTROPY_BACKEND`` chooses the implementation:
 ``auto`` (default: the compiled kernels when they build, else the chunked PyTorch path with one
@@ -13,25 +18,61 @@ always built; the CUDA kernels too where torch is a CUDA build and the CUDA tool
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 import threading
 import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["BACKEND_ENV", "backend", "build", "kernels_available"]
+from em_hf.utils.logging import get_logger
+
+__all__ = ["BACKEND_ENV", "backend", "build", "extension_name", "isa_key", "kernels_available"]
 
 BACKEND_ENV = "EM_HF_ENTROPY_BACKEND"
 _CHOICES = ("auto", "torch", "cpp")
 _CSRC = Path(__file__).parent / "csrc"
-_CPU_SOURCES = ("entropy_cpu.cpp", "em_inf_cpu.cpp")
+_CPU_SOURCES = ("schemas.cpp", "entropy_cpu.cpp", "em_inf_cpu.cpp")
 # Built only where torch is a CUDA build and the CUDA toolkit is found (see _with_cuda).
 _CUDA_SOURCES = ("entropy_cuda.cpp", "entropy_cuda_kernels.cu")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_CPUINFO = Path("/proc/cpuinfo")
+# The /proc/cpuinfo fields that list the instruction-set extensions (x86; ARM, RISC-V).
+_FEATURE_FIELDS = ("flags", "features", "isa")
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"loaded": False, "error": None, "warned": False, "cuda": False}
+logger = get_logger(__name__)
+
+
+def isa_key(cpuinfo: str | None = None, machine: str | None = None) -> str:
+    """A short hash of what ``-march=native`` compiles for: the machine architecture and the CPU's
+    feature flags (the ``flags``/``Features``/``isa`` line of ``/proc/cpuinfo``, sorted; where that
+    file is absent, the processor name that :mod:`platform` reports). ``cpuinfo`` and ``machine``
+    default to this host's; pass them to compute the key of another description."""
+    machine = platform.machine() if machine is None else machine
+    if cpuinfo is None:
+        try:
+            cpuinfo = _CPUINFO.read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    features = ""
+    for line in cpuinfo.splitlines():
+        field, _, value = line.partition(":")
+        if field.strip().lower() in _FEATURE_FIELDS:
+            features = " ".join(sorted(set(value.split())))
+            break  # every core lists the same extensions; the first is enough
+    if not features:
+        features = "processor=" + (platform.processor() or "unknown")
+    return hashlib.sha256(f"{machine}\n{features}".encode()).hexdigest()[:10]
+
+
+def extension_name(with_cuda: bool = False) -> str:
+    """The name under which torch builds and caches the kernels on this host (one per instruction
+    set, and separate entries with and without the CUDA kernels)."""
+    return f"em_hf_entropy_{'cuda' if with_cuda else 'cpu'}_{isa_key()}"
 
 
 def _with_cuda() -> bool:
@@ -48,20 +89,72 @@ def _requested() -> str:
     return value
 
 
+def _needs_compilation(name: str, sources: list[Path]) -> bool:
+    """Whether loading ``name`` will compile: no library of that name in torch's build folder yet,
+    or one older than a source (torch then rebuilds under a new version). True when unsure."""
+    from torch.utils import cpp_extension
+
+    try:
+        folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:  # a private helper of torch: if it changes, say that a build may follow
+        return True
+    libraries = list(folder.glob(f"{name}*.so")) + list(folder.glob(f"{name}*.pyd"))
+    if not libraries:
+        return True
+    newest_source = max(path.stat().st_mtime for path in sources)
+    return max(path.stat().st_mtime for path in libraries) < newest_source
+
+
 def build(verbose: bool = False) -> None:
-    """Compile (or load from torch's extension cache) the kernels; raises on failure. The CUDA
-    kernels are included when torch is a CUDA build and the CUDA toolkit is installed (their
-    architectures follow ``TORCH_CUDA_ARCH_LIST``, else the visible GPU)."""
+    """Compile the C++ (and, where possible, CUDA) kernels of ``em_hf.ops``, or load them from
+    torch's extension cache, and register the ops ``torch.ops.em_hf.*``.
+
+    Called on first use by every op of ``em_hf.ops``; call it ahead of time (or run
+    ``em-hf build-ops``) so that the first ``generate`` or training step does not wait for the
+    compiler. A compilation (about a minute on 2 cores) is announced by one line on the ``em_hf``
+    logger; a library built before for this CPU's instruction set is loaded in under a second. The
+    CUDA kernels are included when torch is a CUDA build and the CUDA toolkit is installed (their
+    architectures follow ``TORCH_CUDA_ARCH_LIST``, else the visible GPU). Does nothing once the
+    kernels are loaded.
+
+    Parameters:
+        verbose (`bool`, *optional*, defaults to `False`):
+            Print the compiler's commands and output (``torch.utils.cpp_extension.load``'s
+            ``verbose``).
+
+    Raises:
+        `RuntimeError` or `OSError`: the kernels could not be built (no compiler, missing headers);
+        ``em_hf.ops`` then falls back to PyTorch unless ``EM_HF_ENTROPY_BACKEND=cpp``.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from em_hf.ops import backend, build
+    >>> build()  # compiles on the first call on a machine, then loads from the cache
+    >>> backend("cpu"), hasattr(torch.ops.em_hf, "em_inf")
+    ('cpp', True)
+
+    ```
+    """
     with _lock:
         if _state["loaded"]:
             return
         from torch.utils import cpp_extension  # imported here: it is slow and only needed to build
 
         with_cuda = _with_cuda()
-        names = _CPU_SOURCES + (_CUDA_SOURCES if with_cuda else ())
+        name = extension_name(with_cuda)
+        sources = [_CSRC / source for source in _CPU_SOURCES + (_CUDA_SOURCES if with_cuda else ())]
+        headers = [path for path in _CSRC.iterdir() if path.suffix in (".h", ".cuh")]
+        if _needs_compilation(name, sources + headers):
+            logger.info(
+                "compiling the C++%s entropy kernels (about a minute, once per machine; `em-hf build-ops` "
+                "does it ahead of time)",
+                "/CUDA" if with_cuda else "",
+            )
         cpp_extension.load(
-            name="em_hf_entropy_cuda" if with_cuda else "em_hf_entropy_cpu",  # separate cache entries
-            sources=[str(_CSRC / name) for name in names],
+            name=name,
+            sources=[str(path) for path in sources],
             extra_cflags=["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"],
             extra_cuda_cflags=["-O3", "-std=c++17"],
             extra_ldflags=["-fopenmp"],
@@ -117,8 +210,28 @@ def use_kernels(tensor: torch.Tensor) -> bool:
 
 
 def backend(device: str | torch.device = "cpu") -> str:
-    """The implementation that ``em_hf.ops`` uses on ``device``: ``"cpp"`` (compiled CPU kernels),
-    ``"cuda"`` (compiled CUDA kernels) or ``"torch"`` (chunked PyTorch)."""
+    """The implementation that the ops of ``em_hf.ops`` use for tensors on ``device``.
+
+    ``"cpp"`` (the compiled CPU kernels), ``"cuda"`` (the compiled CUDA kernels) or ``"torch"``
+    (chunked PyTorch), following ``EM_HF_ENTROPY_BACKEND`` (``auto``, ``torch`` or ``cpp``). Builds
+    the kernels on first call unless the variable is ``torch``. float64 tensors always take the
+    PyTorch path, whatever this returns.
+
+    Parameters:
+        device (`str` or `torch.device`, *optional*, defaults to `"cpu"`):
+            The device of the tensors in question.
+
+    Examples:
+
+    ```python
+    >>> from em_hf.ops import backend
+    >>> backend("cpu") in ("cpp", "torch")
+    True
+    >>> backend("meta")  # no kernels for this device
+    'torch'
+
+    ```
+    """
     kind = torch.device(device).type
     if kind == "cpu" and kernels_available():
         return "cpp"

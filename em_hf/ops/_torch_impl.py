@@ -51,13 +51,8 @@ def entropy_forward_torch(logits: torch.Tensor, temperature: float) -> tuple[tor
     return entropy, lse
 
 
-def entropy_backward_torch(
-    grad_entropy: torch.Tensor,
-    logits: torch.Tensor,
-    entropy: torch.Tensor,
-    lse: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
+def entropy_backward_torch(grad_entropy, logits, entropy, lse, temperature: float) -> torch.Tensor:
+    """dH/dz * grad_H (the backward of the module docstring) for tensors as in the kernels."""
     rows, vocab = logits.shape
     acc = accumulation_dtype(logits.dtype)
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format)

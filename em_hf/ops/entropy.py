@@ -6,13 +6,15 @@ For logits z over a vocabulary V and a temperature T, with p = softmax(z / T):
                 where m = max_v z_v / T, s_v = exp(z_v/T - m), S = sum_v s_v
     dH/dz_v   = -(1/T) p_v (log p_v + H)
 
-(SPEC.md, "The mathematics"; paper 1, eq. 2 and Appendix A, where g_v = p_v(log p_v + H)).
+("The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning", eq. 2 and Appendix A,
+where g_v = p_v(log p_v + H)).
 Entries with z_v = -inf have p_v = 0 and contribute 0 to H and to the gradient (0 log 0 := 0). A row
 whose entries are all -inf carries no mass: its entropy and gradient are defined as 0.
 bfloat16 and float16 inputs are accumulated in float32; float64 stays float64.
 
-Every other module computes entropy through this one (the fused kernels of a later issue plug in
-behind the same functions).
+Every other module computes entropy through this one. Each function picks its backend: the compiled
+kernels of ``em_hf/ops/csrc`` (CPU, and CUDA where they were built) for float32/bfloat16/float16,
+else the chunked PyTorch implementation (:func:`em_hf.ops.backend` tells which).
 """
 
 from __future__ import annotations
@@ -107,13 +109,37 @@ def _raise_if_undefined(entropy: torch.Tensor) -> None:
 
 
 def entropy_grad(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Closed-form gradient of the token entropy with respect to the logits.
+    """Closed-form gradient of the token entropy with respect to the logits, without autograd.
 
-    dH/dz_v = -(1/T) p_v (log p_v + H),   p = softmax(z / T)
+    ``dH/dz_v = -(1/T) p_v (log p_v + H)`` with ``p = softmax(z / T)`` ("The Unreasonable
+    Effectiveness of Entropy Minimization in LLM Reasoning", Appendix A): the gradient that EM-INF
+    follows at decoding time. No autograd is used, so it runs under ``torch.no_grad()`` (for
+    example inside ``model.generate``). Entries at -inf get gradient 0.
 
-    Same shape as ``logits``; float32 for bfloat16/float16 input (the accumulation dtype), else the
-    input dtype. Entries at -inf get gradient 0. No autograd is used, so it runs under
-    ``torch.no_grad()`` (for example inside ``model.generate``).
+    Parameters:
+        logits (`torch.Tensor` of shape `(..., vocab)`):
+            Floating logits (float32, float64, bfloat16 or float16); `-inf` marks masked tokens.
+            NaN and `+inf` raise `ValueError`.
+        temperature (`float` or `torch.Tensor`, *optional*, defaults to `1.0`):
+            T > 0, the temperature inside the softmax; a tensor broadcastable to ``logits[..., :1]``
+            gives one temperature per row.
+
+    Returns:
+        `torch.Tensor`: the gradient, same shape as ``logits``; float32 for bfloat16/float16 input
+        (the accumulation dtype), else the input dtype.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from em_hf.ops import entropy_grad
+    >>> logits = torch.tensor([[2.0, 1.0, 0.0, float("-inf")]])
+    >>> entropy_grad(logits).round(decimals=4)
+    tensor([[-0.2826,  0.1408,  0.1418,  0.0000]])
+    >>> entropy_grad(logits).sum().abs() < 1e-6  # softmax is shift-invariant: the entries sum to 0
+    tensor(True)
+
+    ```
     """
     _check_logits(logits)
     check_temperature(temperature, allow_tensor=True)
@@ -145,20 +171,44 @@ class _TokenEntropy(torch.autograd.Function):
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of softmax(logits / temperature) over the last dimension, differentiable.
 
-    H = -sum_v p_v log p_v  with p = softmax(z / T)   (paper 1, eq. 2: the token-level entropy)
+    ``H = -sum_v p_v log p_v`` with ``p = softmax(z / T)``: the token-level entropy of "The
+    Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning" (eq. 2), which EM-FT
+    (section 3.1), EM-RL's token reward (section 3.2) and "One-shot Entropy Minimization" minimize.
+    The backward pass uses the closed form ``dH/dz = -(1/T) p (log p + H)`` and stores only the
+    logits and two floats per row. The compiled kernels of ``em_hf/ops/csrc`` (CPU, and CUDA where
+    they were built) do the work for float32/bfloat16/float16, one pass over the logits forward
+    and one backward; otherwise a chunked PyTorch path (:func:`em_hf.ops.backend` tells which).
 
-    Args:
-        logits: ``[..., V]`` floating tensor; -inf entries are masked tokens.
-        temperature: T > 0, the temperature inside the softmax (one-shot EM uses 0.5).
+    Parameters:
+        logits (`torch.Tensor` of shape `(..., vocab)`):
+            Floating logits (float32, float64, bfloat16 or float16); `-inf` marks masked tokens.
+            NaN and `+inf` raise `ValueError`.
+        temperature (`float` or `torch.Tensor`, *optional*, defaults to `1.0`):
+            T > 0, the temperature inside the softmax ("One-shot Entropy Minimization" uses 0.5,
+            the sampling temperature); a tensor broadcastable to ``logits[..., :1]`` gives one
+            temperature per row.
 
     Returns:
-        ``[...]`` entropies in nats, float32 for bfloat16/float16 input (float32 accumulation),
-        otherwise the input dtype. Never NaN: rows that are entirely -inf have entropy 0, and
-        NaN/+inf logits raise ``ValueError``. The backward pass uses the closed form
-        ``dH/dz = -(1/T) p (log p + H)`` and stores only the logits and two floats per row.
-        On CPU (float32/bf16/fp16) the compiled kernels of ``em_hf/ops/csrc`` do the work, one
-        pass over the logits forward and one backward; elsewhere a chunked PyTorch path
-        (:func:`em_hf.ops.backend` tells which).
+        `torch.Tensor` of shape `(...)`: entropies in nats, float32 for bfloat16/float16 input
+        (float32 accumulation), otherwise the input dtype. Never NaN: rows that are entirely -inf
+        have entropy 0.
+
+    Examples:
+
+    ```python
+    >>> import math, torch
+    >>> from em_hf.ops import token_entropy
+    >>> logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [5.0, 0.0, 0.0, float("-inf")]], requires_grad=True)
+    >>> entropy = token_entropy(logits)
+    >>> entropy.detach().round(decimals=4), round(math.log(4), 4)  # uniform over 4 tokens: log 4
+    (tensor([1.3863, 0.0799]), 1.3863)
+    >>> entropy.sum().backward()
+    >>> logits.grad[1].round(decimals=4)
+    tensor([-0.0656,  0.0328,  0.0328,  0.0000])
+    >>> token_entropy(torch.zeros(2, 3, 8), temperature=0.5).shape  # leading dimensions are kept
+    torch.Size([2, 3])
+
+    ```
     """
     _check_logits(logits)
     check_temperature(temperature, allow_tensor=True)

@@ -3,19 +3,20 @@
 For hidden states h [..., D], an LM head W [V, D] with optional bias b [V] and a temperature T:
 
     z = h @ W.T + b,    p = softmax(z / T)
-    H = -sum_v p_v log p_v                                  (the token entropy, SPEC.md "The mathematics")
+    H = -sum_v p_v log p_v                                  (the token entropy)
     log p[y] = z_y / T - logsumexp(z / T)                   (when ``labels`` y are given)
 
     dH/dz_v       = -(1/T) p_v (log p_v + H)
     dlog p[y]/dz_v = (1[v == y] - p_v) / T
     grad_h = grad_z @ W,   grad_W = grad_z.T @ h,   grad_b = sum over rows of grad_z
 
-This is the loss of EM-FT and one-shot EM (paper 1, sec. 3.1; paper 2): the mean entropy of
+This is the loss of EM-FT ("The Unreasonable Effectiveness of Entropy Minimization in LLM
+Reasoning", section 3.1) and of "One-shot Entropy Minimization": the mean entropy of
 softmax(logits / T) at the generated positions, where ``[rows, V]`` logits dominate the memory of the
 step (8192 tokens x 49152 vocabulary = 1.5 GiB of float32 logits, and as much again for their
 gradient). Here the rows are processed ``chunk_size`` at a time: each chunk's logits are computed,
 reduced to two floats per row (H and lse) by :func:`em_hf.ops.entropy.entropy_forward` (the compiled
-CPU kernel when available) and dropped. Only ``hidden``, ``weight``, ``bias``, ``labels`` and the
+kernels when available) and dropped. Only ``hidden``, ``weight``, ``bias``, ``labels`` and the
 per-row (H, lse) are saved for backward, which recomputes each chunk's logits. Peak extra memory
 therefore grows with ``chunk_size x V``, not ``rows x V``, at the price of one more matmul.
 """
@@ -263,34 +264,58 @@ def linear_token_entropy(
 
         H = -sum_v p_v log p_v,   label_logprobs = log p[labels] = z_y / T - logsumexp(z / T)
 
-    the token entropy (paper 1, eq. 2) that EM-FT and one-shot EM minimize at the generated positions
-    (one-shot EM uses T = 0.5 inside the entropy), and optionally the log-probabilities of the sampled
-    tokens (for a KL penalty or a sequence log-likelihood). Equal, values and gradients, to
+    the token entropy ("The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning",
+    eq. 2) that EM-FT (section 3.1) and "One-shot Entropy Minimization" (which uses T = 0.5 inside
+    the entropy) minimize at the generated positions, and optionally the log-probabilities of the
+    sampled tokens (for a KL penalty or a sequence log-likelihood). Equal, values and gradients, to
     ``token_entropy(hidden @ weight.T + bias, T)`` and ``log_softmax(z / T).gather(-1, labels)``.
 
     Memory: rows are processed ``chunk_size`` at a time, forward and backward (the backward recomputes
     each chunk's logits), and only the inputs plus two floats per row are saved for backward, so the
     peak extra memory grows with ``chunk_size x V`` (a few chunk-sized temporaries), not ``rows x V``.
 
-    Args:
-        hidden: ``[..., D]`` float32/float64/bfloat16/float16 hidden states (the LM head's input).
-        weight: ``[V, D]`` LM head weight, same dtype as ``hidden`` (``model.lm_head.weight``).
-        bias: optional ``[V]`` LM head bias, same dtype.
-        temperature: T > 0.
-        labels: optional ``hidden.shape[:-1]`` integer tokens in ``[0, V)``; ``-100`` is ignored
-            (log-prob 0, no gradient).
-        chunk_size: rows per chunk; ``None`` picks about ``3 * 2**24 / V`` rows (192 MiB of float32 logits
-            per chunk, a multiple of 16 rows). The logits matmul runs in the input dtype; the entropy,
-            lse and the summed weight/bias gradients are accumulated in float32 (float64 for float64).
+    Parameters:
+        hidden (`torch.Tensor` of shape `(..., D)`):
+            Hidden states (the LM head's input), float32, float64, bfloat16 or float16.
+        weight (`torch.Tensor` of shape `(V, D)`):
+            The LM head weight (``model.lm_head.weight``), same dtype as ``hidden``.
+        bias (`torch.Tensor` of shape `(V,)`, *optional*, defaults to `None`):
+            The LM head bias, same dtype; a `-inf` entry masks its token.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            T > 0, the temperature inside the softmax ("One-shot Entropy Minimization": 0.5).
+        labels (`torch.Tensor` of shape `hidden.shape[:-1]`, *optional*, defaults to `None`):
+            Integer tokens in ``[0, V)`` whose log-probabilities are returned too; ``-100`` is
+            ignored (log-prob 0, no gradient).
+        chunk_size (`int`, *optional*, defaults to `None`):
+            Rows per chunk; ``None`` picks about ``3 * 2**24 / V`` rows (192 MiB of float32 logits
+            per chunk, a multiple of 16 rows). The logits matmul runs in the input dtype; the
+            entropy, lse and the summed weight/bias gradients are accumulated in float32 (float64
+            for float64).
 
     Returns:
-        ``entropy`` of shape ``hidden.shape[:-1]`` (float32 for bfloat16/float16 inputs, otherwise the
-        input dtype), or ``(entropy, label_logprobs)`` when ``labels`` is given. Differentiable with
-        respect to ``hidden``, ``weight`` and ``bias`` (closed-form, once differentiable).
+        `torch.Tensor` of shape `hidden.shape[:-1]`: the entropies (float32 for bfloat16/float16
+        inputs, otherwise the input dtype), or the pair ``(entropy, label_logprobs)`` when
+        ``labels`` is given. Differentiable with respect to ``hidden``, ``weight`` and ``bias``
+        (closed-form, once differentiable).
 
     Raises:
-        TypeError / ValueError for mismatched shapes or dtypes, T <= 0, ``chunk_size < 1`` or labels
-        out of range; ValueError when the logits contain NaN or +inf.
+        `TypeError` or `ValueError`: mismatched shapes or dtypes, T <= 0, ``chunk_size < 1`` or
+        labels out of range; `ValueError` when the logits contain NaN or +inf.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from em_hf.ops import linear_token_entropy, token_entropy
+    >>> _ = torch.manual_seed(0)
+    >>> hidden, weight = torch.randn(2, 5, 16), torch.randn(64, 16)
+    >>> entropy, logprobs = linear_token_entropy(hidden, weight, labels=torch.zeros(2, 5, dtype=torch.long))
+    >>> entropy.shape, logprobs.shape
+    (torch.Size([2, 5]), torch.Size([2, 5]))
+    >>> torch.allclose(entropy, token_entropy(hidden @ weight.T), atol=1e-5)
+    True
+
+    ```
     """
     _check_inputs(hidden, weight, bias, labels, temperature, chunk_size)
     temperature = float(temperature)
@@ -368,15 +393,48 @@ def linear_entropy_loss(
 
     With z = hidden @ weight.T + bias, H_r the entropy of softmax(z_r / T) (see
     :func:`linear_token_entropy`) and ``token_weights`` w (e.g. completion mask / number of
-    completion tokens, which gives the EM-FT loss "mean token entropy over generated positions",
-    paper 1 sec. 3.1). Because the weights are known in the forward pass, each chunk's gradient
-    dL/dz = w_r dH_r/dz is formed right after its logits and turned into the hidden/weight/bias
-    gradients at once; backward only scales them by the incoming scalar gradient. That is the same
-    three matmuls as ``(w * token_entropy(hidden @ weight.T + b)).sum()``, with peak extra memory
-    growing with ``chunk_size x V`` (plus a ``[V, D]`` float32 weight gradient) instead of
-    ``rows x V``. Gradients are computed only for inputs that require them.
+    completion tokens, which gives the EM-FT loss "mean token entropy over generated positions" of
+    "The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning", section 3.1, and of
+    "One-shot Entropy Minimization"). Because the weights are known in the forward pass, each
+    chunk's gradient dL/dz = w_r dH_r/dz is formed right after its logits and turned into the
+    hidden/weight/bias gradients at once; backward only scales them by the incoming scalar gradient.
+    That is the same three matmuls as ``(w * token_entropy(hidden @ weight.T + b)).sum()``, with
+    peak extra memory growing with ``chunk_size x V`` (plus a ``[V, D]`` float32 weight gradient)
+    instead of ``rows x V``. Gradients are computed only for inputs that require them.
 
-    Returns a 0-dim tensor (float32 for bfloat16/float16 inputs).
+    Parameters:
+        hidden (`torch.Tensor` of shape `(..., D)`):
+            Hidden states (the LM head's input), float32, float64, bfloat16 or float16.
+        weight (`torch.Tensor` of shape `(V, D)`):
+            The LM head weight (``model.lm_head.weight``), same dtype as ``hidden``.
+        token_weights (`torch.Tensor` of shape `hidden.shape[:-1]`):
+            Finite weight w_r of each row's entropy (0 for prompt and padding positions).
+        bias (`torch.Tensor` of shape `(V,)`, *optional*, defaults to `None`):
+            The LM head bias, same dtype; a `-inf` entry masks its token.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            T > 0, the temperature inside the softmax ("One-shot Entropy Minimization": 0.5).
+        chunk_size (`int`, *optional*, defaults to `None`):
+            Rows per chunk; ``None`` picks about ``3 * 2**24 / V`` rows (see
+            :func:`linear_token_entropy`).
+
+    Returns:
+        `torch.Tensor`: the 0-dim loss (float32 for bfloat16/float16 inputs).
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from em_hf.ops import linear_entropy_loss, token_entropy
+    >>> _ = torch.manual_seed(0)
+    >>> hidden, weight = torch.randn(2, 5, 16), torch.randn(64, 16, requires_grad=True)
+    >>> mask = torch.tensor([[0.0, 0, 1, 1, 1], [0, 0, 0, 1, 1]])  # completion positions
+    >>> loss = linear_entropy_loss(hidden, weight, mask / mask.sum())
+    >>> loss.backward()
+    >>> naive = (token_entropy(hidden @ weight.T) * mask).sum() / mask.sum()
+    >>> torch.allclose(loss, naive, atol=1e-5), weight.grad.shape
+    (True, torch.Size([64, 16]))
+
+    ```
     """
     _check_inputs(hidden, weight, bias, None, temperature, chunk_size)
     if not isinstance(token_weights, torch.Tensor) or token_weights.shape != hidden.shape[:-1]:

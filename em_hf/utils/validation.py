@@ -13,6 +13,9 @@ from typing import Any
 import torch
 
 __all__ = [
+    "check_adaptive_temperature_arguments",
+    "check_choice",
+    "check_em_inf_arguments",
     "check_finite_scores",
     "check_float_tensor",
     "check_int",
@@ -64,6 +67,50 @@ def check_int(name: str, value: int, *, minimum: int = 1, hint: str = "") -> int
 def check_positive_int(name: str, value: int) -> int:
     """``check_int(name, value, minimum=1)``."""
     return check_int(name, value, minimum=1)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        allowed = " or ".join(repr(choice) for choice in choices)
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+    return value
+
+
+def check_em_inf_arguments(
+    threshold: float, n_steps: int, lr: float, kl_weight: float, optimizer: str
+) -> tuple[float, int, float, float, str]:
+    """The settings of EM-INF logit optimization, checked and normalized (numbers as ``float``):
+    threshold >= 0, n_steps >= 1, lr > 0, kl_weight >= 0, optimizer 'adam' or 'sgd'."""
+    check_choice("optimizer", optimizer, ("adam", "sgd"))
+    return (
+        check_number("threshold", threshold, low=0.0),
+        check_positive_int("n_steps", n_steps),
+        check_number("lr", lr, low=0.0, low_open=True),
+        check_number("kl_weight", kl_weight, low=0.0),
+        optimizer,
+    )
+
+
+def check_adaptive_temperature_arguments(
+    alpha: float, threshold: float, tau_min: float, tau_max: float, max_iter: int, tol: float
+) -> tuple[float, float, float, float, int, float]:
+    """The settings of adaptive temperature, checked and normalized (numbers as ``float``):
+    0 < alpha <= 1, threshold >= 0, 0 < tau_min < tau_max, max_iter >= 1, tol > 0."""
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True)
+    threshold = check_number("threshold", threshold, low=0.0)
+    low = check_number("tau_min", tau_min, low=0.0, low_open=True)
+    high = check_number("tau_max", tau_max, low=0.0, low_open=True)
+    if low >= high:
+        raise ValueError(f"`tau_min` ({tau_min}) must be smaller than `tau_max` ({tau_max}).")
+    return (
+        alpha,
+        threshold,
+        low,
+        high,
+        check_positive_int("max_iter", max_iter),
+        check_number("tol", tol, low=0.0, low_open=True),
+    )
 
 
 def check_temperature(temperature: Any, *, allow_tensor: bool = False, name: str = "temperature") -> None:

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from em_hf.generation.adaptive_temperature import AdaptiveTemperatureLogitsWarper
-from em_hf.generation.entropy_min import EntropyMinLogitsProcessor
 from em_hf.ops._torch_impl import entropy_backward_torch, entropy_forward_torch
+from em_hf.ops.logit_optimization import _em_inf_torch
 from tests.helpers import use_backend
 
 KERNELS = Path(__file__).resolve().parents[2] / "em_hf" / "ops" / "csrc" / "entropy_cuda_kernels.cu"
@@ -385,11 +385,9 @@ def test_em_inf_matches_torch(emulated, vocab, dtype, optimizer, n_steps):
     # Adam turns rounding into a full step where a gradient crosses zero (update ~ lr g / eps for
     # |g| << eps), so single coordinates differ by up to ~lr however it is computed in float32
     # (as in test_kernels.py): compare with the float64 procedure.
-    processor = EntropyMinLogitsProcessor(
-        threshold=0.3, n_steps=n_steps, lr=0.1, kl_weight=0.1, optimizer=optimizer
-    )
-    truth = processor._optimize_torch(scores.double())
-    assert_as_close_to_truth(out, processor._optimize_torch(scores), truth, floor=1e-4)
+    settings = (0.3, n_steps, 0.1, 0.1, optimizer == "adam")
+    truth = _em_inf_torch(scores.double(), *settings)
+    assert_as_close_to_truth(out, _em_inf_torch(scores, *settings), truth, floor=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,4 +1,5 @@
-// Fused EM-INF (paper 1, section 4) and adaptive temperature (Appendix B, Algorithm 1) on CPU.
+// Fused EM-INF ("The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning", section 4)
+// and adaptive temperature (its Appendix B, Algorithm 1) on CPU.
 //
 // em_inf: per row of z [R, V], up to n_steps gradient steps on
 //   L(z) = H(softmax(z)) + kl_weight * KL(p_orig || softmax(z)),

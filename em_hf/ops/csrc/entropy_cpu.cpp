@@ -1,4 +1,5 @@
-// Fused token-entropy kernels for CPU, registered as torch custom ops (namespace em_hf).
+// Fused token-entropy kernels for CPU, the CPU implementations of the em_hf ops (schemas.cpp
+// defines them).
 //
 // For 2-D logits z [R, V] (last dimension contiguous) and a temperature T, with z' = z / T,
 // m = max z', S = sum exp(z' - m), A = sum exp(z' - m) (z' - m):
@@ -165,22 +166,10 @@ at::Tensor entropy_backward_cpu(const at::Tensor& grad_entropy_in, const at::Ten
 
 }  // namespace em_hf
 
-TORCH_LIBRARY(em_hf, m) {
-  m.def("entropy_forward(Tensor logits, float temperature) -> (Tensor, Tensor)");
-  m.def(
-      "entropy_backward(Tensor grad_entropy, Tensor logits, Tensor entropy, Tensor lse, float temperature) -> "
-      "Tensor");
-  m.def(
-      "em_inf(Tensor logits, float threshold, int n_steps, float lr, float kl_weight, bool adam, "
-      "float beta1, float beta2, float eps) -> Tensor");
-  m.def(
-      "adaptive_temperature(Tensor logits, float alpha, float threshold, float tau_min, float tau_max, "
-      "int max_iter, float tol) -> Tensor");
-}
-
+// TORCH_FN: the kernels are known at compile time, so the dispatcher calls them directly.
 TORCH_LIBRARY_IMPL(em_hf, CPU, m) {
-  m.impl("entropy_forward", &em_hf::entropy_forward_cpu);
-  m.impl("entropy_backward", &em_hf::entropy_backward_cpu);
-  m.impl("em_inf", &em_hf::em_inf_cpu);
-  m.impl("adaptive_temperature", &em_hf::adaptive_temperature_cpu);
+  m.impl("entropy_forward", TORCH_FN(em_hf::entropy_forward_cpu));
+  m.impl("entropy_backward", TORCH_FN(em_hf::entropy_backward_cpu));
+  m.impl("em_inf", TORCH_FN(em_hf::em_inf_cpu));
+  m.impl("adaptive_temperature", TORCH_FN(em_hf::adaptive_temperature_cpu));
 }

@@ -1,4 +1,4 @@
-// CUDA implementations of the em_hf ops whose schemas entropy_cpu.cpp defines: tensor checks,
+// CUDA implementations of the em_hf ops whose schemas schemas.cpp defines: tensor checks,
 // output and workspace allocation, the current stream, and the launchers of
 // entropy_cuda_kernels.cu. Built only where torch has CUDA (the kernels themselves compile with
 // nvcc alone). at::cuda::getCurrentCUDAStream is c10::cuda::getCurrentCUDAStream; including

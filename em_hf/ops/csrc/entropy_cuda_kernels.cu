@@ -194,6 +194,22 @@ __device__ __forceinline__ Stats block_reduce(Stats t, Stats* scratch) {
   return t;
 }
 
+// This thread's share of a row's statistics: chunks first, first + step, ... of the row, each
+// element mapped by `scale` (times 1/T, divided by tau, or as it is) before it is added.
+template <typename T, typename Scale>
+__device__ __forceinline__ Stats thread_stats(const T* __restrict__ row, int64_t vocab, int64_t offset,
+                                              int64_t chunks, int64_t first, int64_t step, Scale scale) {
+  Stats t = Stats::empty();
+  for (int64_t c = first; c < chunks; c += step) {
+    float x[kChunk];
+    load_chunk(row, c * kChunk - offset, vocab, kNegInf, x);
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k) x[k] = scale(x[k]);
+    t.add(x);
+  }
+  return t;
+}
+
 // The threads that share a row: a warp (kWarpPerRow, kRowsPerBlock rows per block) or the block.
 template <bool kWarpPerRow>
 struct RowGroup {
@@ -233,14 +249,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const T* row = logits + group.row * row_stride;
   const int64_t offset = chunk_offset(row);
   const int64_t chunks = chunk_count<T>(vocab, offset);
-  Stats t = Stats::empty();
-  for (int64_t c = group.rank; c < chunks; c += group.size) {
-    float x[kChunk];
-    load_chunk(row, c * kChunk - offset, vocab, kNegInf, x);
-#pragma unroll
-    for (int k = 0; k < kChunk; ++k) x[k] *= inv_t;
-    t.add(x);
-  }
+  const Stats t =
+      thread_stats(row, vocab, offset, chunks, group.rank, group.size, [=](float x) { return x * inv_t; });
   const RowResult result = finish(group.reduce(t, scratch));
   if (group.rank == 0) {
     entropy[group.row] = result.entropy;
@@ -299,12 +309,8 @@ __global__ void __launch_bounds__(kOptimThreads)
   const int64_t offset = chunk_offset(in);
   const int64_t chunks = chunk_count<T>(vocab, offset);
 
-  Stats t = Stats::empty();
-  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
-    float x[kChunk];
-    load_chunk(in, c * kChunk - offset, vocab, kNegInf, x);
-    t.add(x);
-  }
+  const Stats t =
+      thread_stats(in, vocab, offset, chunks, threadIdx.x, blockDim.x, [](float x) { return x; });
   RowResult current = finish(block_reduce(t, scratch));
   if (!(current.entropy > threshold)) {  // at or below the threshold (or NaN): bitwise copy
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) out_row[i] = in[i];
@@ -373,14 +379,9 @@ __global__ void __launch_bounds__(kOptimThreads)
 template <typename T>
 __device__ float row_entropy(const T* row, int64_t vocab, int64_t offset, int64_t chunks, float divisor,
                              Stats* scratch) {
-  Stats t = Stats::empty();
-  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
-    float x[kChunk];
-    load_chunk(row, c * kChunk - offset, vocab, kNegInf, x);
-#pragma unroll
-    for (int k = 0; k < kChunk; ++k) x[k] /= divisor;  // a division, as on CPU, not * (1 / divisor)
-    t.add(x);
-  }
+  // A division, as on CPU, not * (1 / divisor).
+  const Stats t = thread_stats(row, vocab, offset, chunks, threadIdx.x, blockDim.x,
+                               [=](float x) { return x / divisor; });
   return finish(block_reduce(t, scratch)).entropy;
 }
 
