@@ -120,9 +120,8 @@ def entropy_grad(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
         logits (`torch.Tensor` of shape `(..., vocab)`):
             Floating logits (float32, float64, bfloat16 or float16); `-inf` marks masked tokens.
             NaN and `+inf` raise `ValueError`.
-        temperature (`float` or `torch.Tensor`, *optional*, defaults to `1.0`):
-            T > 0, the temperature inside the softmax; a tensor broadcastable to ``logits[..., :1]``
-            gives one temperature per row.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            T > 0, the temperature inside the softmax.
 
     Returns:
         `torch.Tensor`: the gradient, same shape as ``logits``; float32 for bfloat16/float16 input
@@ -142,7 +141,7 @@ def entropy_grad(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     ```
     """
     _check_logits(logits)
-    check_temperature(temperature, allow_tensor=True)
+    check_temperature(temperature)
     rows = _as_rows(logits.to(accumulation_dtype(logits.dtype)))
     entropy, lse = entropy_forward(rows, float(temperature))
     _raise_if_undefined(entropy)
@@ -211,7 +210,7 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     ```
     """
     _check_logits(logits)
-    check_temperature(temperature, allow_tensor=True)
+    check_temperature(temperature)
     rows = _as_rows(logits)
     if use_kernels(rows):
         entropy = torch.ops.em_hf.entropy_forward(rows, float(temperature))[0]  # autograd registered

@@ -79,10 +79,8 @@ def step_logs(trainer: EntropyMinTrainer) -> list[dict[str, float]]:
 
 
 def rendered(tokenizer, prompt: str) -> list[int]:
-    messages = [{"role": "user", "content": prompt}]
-    return list(
-        tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
-    )
+    """A string prompt's ids (trl's standard format: tokenized as it is, no chat template)."""
+    return list(tokenizer(prompt)["input_ids"])
 
 
 # --------------------------------------------------------------------------------------------- input errors
@@ -125,7 +123,9 @@ def test_chat_prompts_need_a_chat_template(tmp_path):
 
 
 def test_prompt_of_another_type_is_rejected(tmp_path):
-    with pytest.raises(TypeError, match="A prompt must be a string or a list of chat messages"):
+    with pytest.raises(
+        TypeError, match=r"A prompt must be a string \(standard format\) or a non-empty list of chat messages"
+    ):
         make_trainer(tmp_path, train_dataset=[{"prompt": 5}])
 
 

@@ -74,56 +74,24 @@ _CITATION = r"""
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class CodePassAtK(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("string")),
-                    "references": datasets.Value("string"),
-                }
-            ),
-            reference_urls=["https://arxiv.org/abs/2107.03374"],
-        )
+class CodePassAtK(_common.CheckedMetric):
+    DESCRIPTION = _DESCRIPTION
+    CITATION = _CITATION
+    INPUTS = _KWARGS_DESCRIPTION
+    FEATURES = datasets.Features(
+        {"predictions": datasets.Sequence(datasets.Value("string")), "references": datasets.Value("string")}
+    )
+    URLS = ("https://arxiv.org/abs/2107.03374",)
 
-    def add_batch(self, *, predictions=None, references=None, **kwargs: Any) -> None:
-        """Check one batch (lengths, a list of candidates per problem) before ``evaluate`` stores it.
-
-        Parameters:
-            predictions (`list[list[str]]`, *optional*):
-                Candidate completions, one list per problem.
-            references (`list[str]`, *optional*):
-                Test code, one per problem.
-        """
-        if predictions is not None and references is not None:
-            predictions = _common.as_list("predictions", predictions)
-            references = _common.as_list("references", references)
-            _common.check_same_length(predictions, references)
-            for index, candidates in enumerate(predictions):
-                if isinstance(candidates, str):
-                    raise ValueError(
-                        f"`predictions[{index}]` must be the list of candidate completions of problem "
-                        f"{index}, got a string; wrap it: [completion]."
-                    )
-        super().add_batch(predictions=predictions, references=references, **kwargs)
-
-    def compute(self, *, predictions=None, references=None, **kwargs: Any) -> dict | None:
-        """Run and score the given problems (and any added before), see the class docstring.
-
-        Parameters:
-            predictions (`list[list[str]]`, *optional*):
-                Candidate completions, one list per problem.
-            references (`list[str]`, *optional*):
-                Test code, one per problem.
-            kwargs (*optional*):
-                `k`, `timeout_s`, `num_workers`, `extract_code`, `return_per_item`.
-        """
-        if predictions is not None:
-            _common.check_not_empty(_common.as_list("predictions", predictions))
-        return super().compute(predictions=predictions, references=references, **kwargs)
+    def prepare_batch(self, predictions: list, references: list) -> tuple[list, list]:
+        """Each prediction must be the LIST of candidates of its problem."""
+        for index, candidates in enumerate(predictions):
+            if isinstance(candidates, str):
+                raise ValueError(
+                    f"`predictions[{index}]` must be the list of candidate completions of problem "
+                    f"{index}, got a string; wrap it: [completion]."
+                )
+        return predictions, references
 
     def _compute(
         self,

@@ -69,32 +69,18 @@ _CITATION = r"""
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class MathAccuracy(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-            reference_urls=["https://github.com/huggingface/Math-Verify"],
-        )
+class MathAccuracy(_common.CheckedMetric):
+    DESCRIPTION = _DESCRIPTION
+    CITATION = _CITATION
+    INPUTS = _KWARGS_DESCRIPTION
+    FEATURES = datasets.Features(
+        {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+    )
+    URLS = ("https://github.com/huggingface/Math-Verify",)
 
-    def add_batch(self, *, predictions=None, references=None, **kwargs: Any) -> None:
-        """Check one batch (lengths, number references as text) before ``evaluate`` stores it.
-
-        Parameters:
-            predictions (`list[str]`, *optional*):
-                Completions, one per problem.
-            references (`list[str | int | float]`, *optional*):
-                Reference answers, one per problem.
-        """
-        if predictions is not None and references is not None:
-            predictions = _common.as_list("predictions", predictions)
-            references = [_common.reference_text(r) for r in _common.as_list("references", references)]
-            _common.check_same_length(predictions, references)
-        super().add_batch(predictions=predictions, references=references, **kwargs)
+    def prepare_batch(self, predictions: list, references: list) -> tuple[list, list]:
+        """Number references as the graders read them (``142.0`` -> ``"142"``)."""
+        return predictions, [_common.reference_text(r) for r in references]
 
     def add(self, *, prediction=None, reference=None, **kwargs: Any) -> None:
         """Add one (completion, reference answer) pair; a number reference is stored as text.
@@ -107,32 +93,10 @@ class MathAccuracy(evaluate.Metric):
         """
         super().add(prediction=prediction, reference=_common.reference_text(reference), **kwargs)
 
-    def compute(self, *, predictions=None, references=None, **kwargs: Any) -> dict | None:
-        """Score the given items (and any added before), see the class docstring.
-
-        Parameters:
-            predictions (`list[str]`, *optional*):
-                Completions, one per problem.
-            references (`list[str | int | float]`, *optional*):
-                Reference answers, one per problem.
-            kwargs (*optional*):
-                `strict`, `return_per_item`.
-        """
-        if predictions is not None:
-            _common.check_not_empty(_common.as_list("predictions", predictions))
-        return super().compute(predictions=predictions, references=references, **kwargs)
-
     def _compute(self, predictions, references, strict: bool = False, return_per_item: bool = False):
         _common.check_not_empty(predictions)
         _common.check_same_length(predictions, references)
         if not isinstance(strict, bool):
             raise ValueError(f"`strict` must be True or False, got {strict!r}.")
         correct = [grade_math(p, r, strict=strict) for p, r in zip(predictions, references, strict=True)]
-        result: dict[str, Any] = {
-            "math_accuracy": sum(correct) / len(correct),
-            "num_correct": sum(correct),
-            "num_items": len(correct),
-        }
-        if return_per_item:
-            result["correct"] = correct
-        return result
+        return _common.accuracy_result("math_accuracy", correct, return_per_item)

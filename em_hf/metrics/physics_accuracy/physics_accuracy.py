@@ -2,8 +2,6 @@ r"""``physics_accuracy``: the share of completions whose answers match the refer
 
 from __future__ import annotations
 
-from typing import Any
-
 import datasets
 import evaluate
 
@@ -66,58 +64,18 @@ _STRING = datasets.Value("string")
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class PhysicsAccuracy(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": _STRING, "references": _STRING}),
-                datasets.Features({"predictions": _STRING, "references": datasets.Sequence(_STRING)}),
-            ],
-            reference_urls=["https://github.com/YangLabHKUST/UGPhysics"],
-        )
-
-    def add_batch(self, *, predictions=None, references=None, **kwargs: Any) -> None:
-        """Check one batch (lengths) before ``evaluate`` stores it.
-
-        Parameters:
-            predictions (`list[str]`, *optional*):
-                Completions, one per problem.
-            references (`list[str]` or `list[list[str]]`, *optional*):
-                Reference answers, one entry per problem.
-        """
-        if predictions is not None and references is not None:
-            predictions = _common.as_list("predictions", predictions)
-            references = _common.as_list("references", references)
-            _common.check_same_length(predictions, references)
-        super().add_batch(predictions=predictions, references=references, **kwargs)
-
-    def compute(self, *, predictions=None, references=None, **kwargs: Any) -> dict | None:
-        """Score the given items (and any added before), see the class docstring.
-
-        Parameters:
-            predictions (`list[str]`, *optional*):
-                Completions, one per problem.
-            references (`list[str]` or `list[list[str]]`, *optional*):
-                Reference answers, one entry per problem.
-            kwargs (*optional*):
-                `rel_tol`, `return_per_item`.
-        """
-        if predictions is not None:
-            _common.check_not_empty(_common.as_list("predictions", predictions))
-        return super().compute(predictions=predictions, references=references, **kwargs)
+class PhysicsAccuracy(_common.CheckedMetric):
+    DESCRIPTION = _DESCRIPTION
+    CITATION = _CITATION
+    INPUTS = _KWARGS_DESCRIPTION
+    FEATURES = (
+        datasets.Features({"predictions": _STRING, "references": _STRING}),
+        datasets.Features({"predictions": _STRING, "references": datasets.Sequence(_STRING)}),
+    )
+    URLS = ("https://github.com/YangLabHKUST/UGPhysics",)
 
     def _compute(self, predictions, references, rel_tol: float = 0.01, return_per_item: bool = False):
         _common.check_not_empty(predictions)
         _common.check_same_length(predictions, references)
         correct = [grade_physics(p, r, rel_tol=rel_tol) for p, r in zip(predictions, references, strict=True)]
-        result: dict[str, Any] = {
-            "physics_accuracy": sum(correct) / len(correct),
-            "num_correct": sum(correct),
-            "num_items": len(correct),
-        }
-        if return_per_item:
-            result["correct"] = correct
-        return result
+        return _common.accuracy_result("physics_accuracy", correct, return_per_item)
