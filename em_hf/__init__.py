@@ -10,29 +10,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from em_hf.utils.lazy import lazy_module_attributes
+from em_hf.utils.lazy import exports_by_name, lazy_module_attributes
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "EntropyMinLogitsProcessor": "em_hf.generation",
-    "AdaptiveTemperatureLogitsWarper": "em_hf.generation",
-    "TokenEntropyRecorder": "em_hf.generation",
-    "token_entropy": "em_hf.ops",
-    "entropy_grad": "em_hf.ops",
-    "linear_token_entropy": "em_hf.ops",
-    "linear_entropy_loss": "em_hf.ops",
-    "load_model": "em_hf.models",
-    "load_default_model": "em_hf.models",
-    "EntropyMinConfig": "em_hf.trainers",
-    "EntropyMinTrainer": "em_hf.trainers",
-    "BenchmarkEarlyStoppingCallback": "em_hf.trainers",
-    "arithmetic_evaluator": "em_hf.eval",
-    "benchmark_evaluator": "em_hf.eval",
-    "select_by_pass_variance": "em_hf.data",
-    "EMRLOOConfig": "em_hf.trainers",
-    "EMRLOOTrainer": "em_hf.trainers",
-}
+_EXPORTS = exports_by_name(
+    {
+        "em_hf.generation": (
+            "EntropyMinLogitsProcessor",
+            "AdaptiveTemperatureLogitsWarper",
+            "TokenEntropyRecorder",
+        ),
+        "em_hf.ops": ("token_entropy", "entropy_grad", "linear_token_entropy", "linear_entropy_loss"),
+        "em_hf.models": ("load_model", "load_default_model"),
+        "em_hf.trainers": (
+            "EntropyMinConfig",
+            "EntropyMinTrainer",
+            "BenchmarkEarlyStoppingCallback",
+            "EMRLOOConfig",
+            "EMRLOOTrainer",
+        ),
+        "em_hf.eval": ("arithmetic_evaluator", "benchmark_evaluator"),
+        "em_hf.data": ("select_by_pass_variance",),
+    }
+)
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
 

@@ -1,6 +1,6 @@
 """The ``em-hf`` command line: one module per subcommand (``demo``, ``eval``, ``select``,
 ``build-ops``), each with ``add_parser(subparsers)`` and ``run(args) -> exit code``; shared argument
-types in :mod:`em_hf.cli.types`."""
+types in :mod:`em_hf.cli.options`."""
 
 from __future__ import annotations
 

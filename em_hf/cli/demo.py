@@ -7,13 +7,7 @@ import argparse
 import sys
 import time
 
-from em_hf.cli.types import (
-    add_generation_options,
-    add_model_options,
-    decoding_method,
-    non_negative_int,
-    positive_int,
-)
+from em_hf.cli import options
 
 __all__ = ["add_parser", "run"]
 
@@ -28,10 +22,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Load a model (default: the embedded SmolLM2-135M-Instruct) and compare decoding methods "
         "on the package's arithmetic benchmark; prints a markdown table.",
     )
-    add_model_options(parser)
+    options.add_model_options(parser)
     parser.add_argument(
         "--methods",
-        type=decoding_method,
+        type=options.decoding_method,
         nargs="+",
         default=list(DEFAULT_DEMO_METHODS),
         help="decoding methods, each NAME[:key=value,...] with NAME in greedy, sample, adaptive, em-inf; "
@@ -39,16 +33,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--methods sample em-inf:t=0.1,n_steps=5 (default: %(default)s)",
     )
     parser.add_argument(
-        "--items", type=positive_int, default=60, help="arithmetic problems (default: %(default)s)"
+        "--items", type=options.positive_int, default=60, help="arithmetic problems (default: %(default)s)"
     )
     parser.add_argument(
-        "--seeds", type=positive_int, default=3, help="seeds per sampled method (default: %(default)s)"
+        "--seeds",
+        type=options.positive_int,
+        default=3,
+        help="seeds per sampled method (default: %(default)s)",
     )
-    add_generation_options(parser, max_new_tokens=32, batch_size=64)
+    options.add_generation_options(parser, max_new_tokens=32, batch_size=64)
     one_shot = parser.add_argument_group("one-shot EM stage")
     one_shot.add_argument(
         "--one-shot-steps",
-        type=non_negative_int,
+        type=options.non_negative_int,
         default=10,
         help="one-shot EM steps on the prompt chosen by pass@k variance, then the methods again on the "
         "trained model (0 skips the stage; default: %(default)s)",
@@ -58,7 +55,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         ("--one-shot-max-tokens", 48, "max completion tokens during training (paper: 2048)"),
         ("--one-shot-eval-every", 5, "greedy accuracy on the items every N training steps"),
     ):
-        one_shot.add_argument(flag, type=positive_int, default=default, help=f"{text} (default: %(default)s)")
+        one_shot.add_argument(
+            flag, type=options.positive_int, default=default, help=f"{text} (default: %(default)s)"
+        )
     return parser
 
 
@@ -81,9 +80,7 @@ def run(args: argparse.Namespace) -> int:
         methods=args.methods,
         n_items=args.items,
         seeds=range(args.seeds),
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
+        **options.generation_kwargs(args),
     )
     print(format_seed_table(summaries))
     print(
@@ -104,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
             eval_methods=["greedy", "sample:t=0.5", "sample"],
             seeds=range(args.seeds),
             eval_every=args.one_shot_eval_every,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
+            **options.generation_kwargs(args),
         )
         print("\n" + format_one_shot_report(result))
     print(f"\nTotal {time.perf_counter() - start:.0f} s.")

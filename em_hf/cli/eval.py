@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from em_hf.cli.types import add_generation_options, add_model_options, positive_float, positive_int
+from em_hf.cli import options
 
 __all__ = ["add_parser", "run"]
 
@@ -32,7 +32,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "sandbox, physics tolerance), and write items.jsonl, a Table-3-shaped markdown table and an "
         "accuracy-vs-FLOPs plot to --out. Re-running the same command resumes.",
     )
-    add_model_options(parser)
+    options.add_model_options(parser)
     parser.add_argument(
         "--benchmark",
         "--benchmarks",
@@ -50,12 +50,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help=f"decoding methods, NAME[:key=value,...], space- or comma-separated; names: {', '.join(KINDS)}; "
         "e.g. sc:4 em-inf:t=0.1,n_steps=5 refine:n=3 (default: %(default)s)",
     )
-    parser.add_argument("--limit", type=positive_int, default=None, help="first N items of each benchmark")
-    parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per sampled method (default: 1)")
+    parser.add_argument(
+        "--limit", type=options.positive_int, default=None, help="first N items of each benchmark"
+    )
+    parser.add_argument(
+        "--seeds", type=options.positive_int, default=1, help="seeds per sampled method (default: 1)"
+    )
     parser.add_argument(
         "--out", required=True, help="output folder (created; an existing run there is resumed)"
     )
-    add_generation_options(parser, max_new_tokens=256, batch_size=16)
+    options.add_generation_options(parser, max_new_tokens=256, batch_size=16)
     parser.add_argument(
         "--benchmark-dir",
         default=None,
@@ -65,7 +69,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument(
         "--template", default=None, help="prompt template with {question} for every benchmark"
     )
-    parser.add_argument("--code-timeout", type=positive_float, default=10.0, help="seconds per program run")
+    parser.add_argument(
+        "--code-timeout", type=options.positive_float, default=10.0, help="seconds per program run"
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
     return parser
 
@@ -102,11 +108,9 @@ def run(args: argparse.Namespace) -> int:
             methods,
             out_dir=args.out,
             seeds=range(args.seeds),
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
             model_name=str(args.model),
             code_timeout_s=args.code_timeout,
-            progress=not args.no_progress,
+            **options.generation_kwargs(args),
             plot=not args.no_plot,
         )
     except ValueError as error:

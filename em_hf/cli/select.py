@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from em_hf.cli.types import add_generation_options, add_model_options, positive_int
+from em_hf.cli import options
 
 __all__ = ["add_parser", "read_candidates", "run"]
 
@@ -21,17 +21,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "file with 'prompt' (a string, used as it is, or chat messages, rendered with the chat template) "
         "and 'answer' fields, or generated arithmetic problems.",
     )
-    add_model_options(parser, quantize=False)
+    options.add_model_options(parser, quantize=False)
     parser.add_argument(
         "--data", default=None, help="JSONL file of {'prompt', 'answer'} (default: arithmetic)"
     )
     parser.add_argument(
-        "--candidates", type=positive_int, default=24, help="arithmetic candidates (default: %(default)s)"
+        "--candidates",
+        type=options.positive_int,
+        default=24,
+        help="arithmetic candidates (default: %(default)s)",
     )
-    parser.add_argument("--k", type=positive_int, default=8, help="samples per prompt (default: %(default)s)")
+    parser.add_argument(
+        "--k", type=options.positive_int, default=8, help="samples per prompt (default: %(default)s)"
+    )
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    add_generation_options(parser, max_new_tokens=256, batch_size=64, threads=False)
-    parser.add_argument("--top", type=positive_int, default=10, help="rows to print (default: %(default)s)")
+    options.add_generation_options(parser, max_new_tokens=256, batch_size=64, threads=False)
+    parser.add_argument(
+        "--top", type=options.positive_int, default=10, help="rows to print (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     parser.add_argument("--output", default=None, help="also write all ranked rows to this JSONL file")
     return parser
@@ -72,10 +79,8 @@ def run(args: argparse.Namespace) -> int:
         answers,
         k=args.k,
         temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
         seed=args.seed,
-        progress=not args.no_progress,
+        **options.generation_kwargs(args),
     )
     print("| rank | prompt | answer | pass rate | variance |")
     print("|---|---|---|---|---|")

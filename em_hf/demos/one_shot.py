@@ -56,15 +56,16 @@ def select_one_shot_prompt(
     model,
     tokenizer,
     num_candidates: int = 24,
-    k: int = 8,
+    *,
     exclude_items: int = 60,
     candidate_seed: int = 1000,
-    max_new_tokens: int = 32,
-    batch_size: int = 64,
-    progress: bool = True,
+    **selection,
 ) -> list[PromptPassVariance]:
     """Rank ``num_candidates`` arithmetic problems (none of the first ``exclude_items`` evaluation
-    problems) by pass@k variance; highest first."""
+    problems) by pass@k variance; highest first. ``selection`` goes to
+    :func:`~em_hf.data.selection.select_by_pass_variance` (``k``, ``max_new_tokens`` (default 32 here),
+    ``batch_size`` (default 64 here), ``progress``, ...)."""
+    selection = {"max_new_tokens": 32, "batch_size": 64, **selection}
     excluded = _questions(make_arithmetic_problems(exclude_items, seed=0))
     pool = [
         p
@@ -77,10 +78,7 @@ def select_one_shot_prompt(
         tokenizer,
         [problem.messages for problem in pool],
         [problem.answer for problem in pool],
-        k=k,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
+        **selection,
     )
 
 
@@ -114,8 +112,8 @@ def run_one_shot_demo(
         model,
         tokenizer,
         num_candidates,
-        k,
-        eval_items,
+        exclude_items=eval_items,
+        k=k,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         progress=progress,
@@ -130,7 +128,9 @@ def run_one_shot_demo(
     }
     before = run_demo(model, tokenizer, methods=eval_methods, progress=progress, **common)
     callback = BenchmarkEarlyStoppingCallback(
-        arithmetic_evaluator(eval_items, "greedy", max_new_tokens=max_new_tokens, batch_size=batch_size),
+        arithmetic_evaluator(
+            eval_items, method="greedy", max_new_tokens=max_new_tokens, batch_size=batch_size
+        ),
         eval_steps=eval_every,
         evaluate_at_start=False,
         save_best=False,

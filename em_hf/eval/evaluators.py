@@ -83,39 +83,22 @@ def benchmark_evaluator(
     return evaluate
 
 
-def arithmetic_evaluator(
-    num_problems: int = 60,
-    method: str | DecodingMethod = "greedy",
-    seeds: Sequence[int] = (0,),
-    max_new_tokens: int = 32,
-    batch_size: int = 64,
-    data_seed: int = 0,
-) -> Evaluator:
+def arithmetic_evaluator(num_problems: int = 60, *, data_seed: int = 0, **options: Any) -> Evaluator:
     """:func:`benchmark_evaluator` on the package's arithmetic set (``arithmetic:n=<num_problems>``).
 
     Parameters:
         num_problems (`int`, *optional*, defaults to `60`):
             Problems of :func:`~em_hf.data.arithmetic.make_arithmetic_problems`.
-        method (`str` or `DecodingMethod`, *optional*, defaults to `"greedy"`):
-            The decoding method.
-        seeds (`Sequence[int]`, *optional*, defaults to `(0,)`):
-            Seeds of a sampled method.
-        max_new_tokens (`int`, *optional*, defaults to `32`):
-            Generated tokens per answer.
-        batch_size (`int`, *optional*, defaults to `64`):
-            Prompts per ``generate`` call.
         data_seed (`int`, *optional*, defaults to `0`):
             Seed of the generated problems.
+        options:
+            The other arguments of :func:`benchmark_evaluator` (``method``, ``seeds``, ...), with
+            ``max_new_tokens`` defaulting to `32` and ``batch_size`` to `64` here (short answers).
 
     Examples:
         >>> from em_hf.eval import arithmetic_evaluator
         >>> evaluate = arithmetic_evaluator(num_problems=20, method="greedy")
         >>> # BenchmarkEarlyStoppingCallback(evaluate, eval_steps=5) in EntropyMinTrainer(callbacks=[...])
     """
-    return benchmark_evaluator(
-        f"arithmetic:n={num_problems},seed={data_seed}",
-        method=method,
-        seeds=seeds,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
+    options = {"max_new_tokens": 32, "batch_size": 64, **options}
+    return benchmark_evaluator(f"arithmetic:n={num_problems},seed={data_seed}", **options)

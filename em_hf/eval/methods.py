@@ -123,6 +123,7 @@ def run_items(
     tokenizer,
     items: Sequence[BenchmarkItem],
     method: DecodingMethod,
+    *,
     seed: int = 0,
     max_new_tokens: int = 256,
     batch_size: int = 16,

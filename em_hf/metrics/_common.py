@@ -15,15 +15,27 @@ import evaluate
 from em_hf.utils.validation import check_int
 
 __all__ = [
+    "MATH_VERIFY_CITATION",
     "CheckedMetric",
     "accuracy_result",
     "as_list",
     "check_k",
     "check_not_empty",
     "check_same_length",
+    "metric_card",
     "pass_at_k",
+    "per_item_accuracy_doc",
     "reference_text",
 ]
+
+
+MATH_VERIFY_CITATION = r"""@misc{kydlicek2025mathverify,
+  title={Math-Verify: Math Verification Library},
+  author={Kydl{\'\i}{\v{c}}ek, Hynek},
+  howpublished={\url{https://github.com/huggingface/Math-Verify}},
+  year={2025}
+}
+"""
 
 
 def as_list(name: str, values: Any) -> list:
@@ -153,6 +165,29 @@ def accuracy_result(key: str, correct: Sequence[bool], return_per_item: bool) ->
     return result
 
 
+def per_item_accuracy_doc(key: str) -> str:
+    """The ``return_per_item`` entry and the ``Returns:`` section shared by the accuracy metrics."""
+    return (
+        "    return_per_item (`bool`, *optional*, defaults to `False`):\n"
+        '        Also return `"correct"`, the list of per-item booleans.\n\n'
+        "Returns:\n"
+        f'    `dict`: `"{key}"` (`float` in [0, 1]), `"num_correct"` (`int`), `"num_items"` (`int`),\n'
+        '    and with `return_per_item=True` `"correct"` (`list[bool]`).\n'
+    )
+
+
+def metric_card(description: str, inputs: str, citation: str):
+    """Class decorator of a metric script: the class docstring (description + inputs, as
+    ``evaluate``'s ``add_start_docstrings`` writes it) and the texts of its ``MetricInfo``."""
+
+    def decorate(cls):
+        cls.__doc__ = description + inputs
+        cls.DESCRIPTION, cls.INPUTS, cls.CITATION = description, inputs, citation
+        return cls
+
+    return decorate
+
+
 class CheckedMetric(evaluate.Metric):
     """An ``evaluate.Metric`` that checks its inputs before ``evaluate`` stores them (empty input,
     one prediction per reference, a list rather than a bare string) and builds its ``MetricInfo``
@@ -160,8 +195,8 @@ class CheckedMetric(evaluate.Metric):
     (``_common.CheckedMetric``): ``evaluate`` takes the first Metric class it finds in the script's
     namespace, so the base class itself must not be imported into it.
 
-    Subclasses set ``DESCRIPTION``, ``CITATION``, ``INPUTS``, ``FEATURES`` (one ``datasets.Features``
-    or a tuple of alternatives) and ``URLS``, may override
+    Subclasses are decorated with :func:`metric_card` (``DESCRIPTION``, ``INPUTS``, ``CITATION``),
+    set ``FEATURES`` (one ``datasets.Features`` or a tuple of alternatives) and ``URLS``, may override
     :meth:`prepare_batch` (normalize or check one batch) and implement ``_compute``.
     """
 

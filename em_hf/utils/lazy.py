@@ -7,7 +7,12 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["lazy_module_attributes"]
+__all__ = ["exports_by_name", "lazy_module_attributes"]
+
+
+def exports_by_name(modules: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    """``{module: (name, ...)}`` -> ``{name: module}``, the ``exports`` of :func:`lazy_module_attributes`."""
+    return {name: module for module, names in modules.items() for name in names}
 
 
 def lazy_module_attributes(

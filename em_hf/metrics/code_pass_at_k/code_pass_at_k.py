@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import datasets
-import evaluate
 
 from em_hf.eval.sandbox import extract_code, run_code
 from em_hf.metrics import _common
@@ -73,11 +72,8 @@ _CITATION = r"""
 """
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+@_common.metric_card(_DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
 class CodePassAtK(_common.CheckedMetric):
-    DESCRIPTION = _DESCRIPTION
-    CITATION = _CITATION
-    INPUTS = _KWARGS_DESCRIPTION
     FEATURES = datasets.Features(
         {"predictions": datasets.Sequence(datasets.Value("string")), "references": datasets.Value("string")}
     )

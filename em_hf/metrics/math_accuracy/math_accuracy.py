@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import datasets
-import evaluate
 
 from em_hf.eval.grading import grade_math
 from em_hf.metrics import _common
@@ -20,7 +19,8 @@ or when the math-verify library finds them equivalent (symbolic equality, fracti
 sets, LaTeX forms: `\frac12` = `0.5` = `\dfrac{1}{2}`). The score is the mean over items.
 """
 
-_KWARGS_DESCRIPTION = r"""
+_KWARGS_DESCRIPTION = (
+    r"""
 Parameters:
     predictions (`list[str]`):
         The model's completions, one per problem (the whole generated text; the answer is extracted).
@@ -30,13 +30,9 @@ Parameters:
     strict (`bool`, *optional*, defaults to `False`):
         Require a `\boxed{}` answer (a completion without one is wrong) instead of falling back to
         the last number of the text.
-    return_per_item (`bool`, *optional*, defaults to `False`):
-        Also return `"correct"`, the list of per-item booleans.
-
-Returns:
-    `dict`: `"math_accuracy"` (`float` in [0, 1]), `"num_correct"` (`int`), `"num_items"` (`int`),
-    and with `return_per_item=True` `"correct"` (`list[bool]`).
-
+"""
+    + _common.per_item_accuracy_doc("math_accuracy")
+    + r"""
 Examples:
 
     >>> import em_hf.metrics
@@ -44,6 +40,7 @@ Examples:
     >>> metric.compute(predictions=["The answer is \\boxed{\\frac{1}{2}}.", "x = 3"], references=["0.5", "4"])
     {'math_accuracy': 0.5, 'num_correct': 1, 'num_items': 2}
 """
+)
 
 _CITATION = r"""
 @article{hendrycks2021math,
@@ -59,20 +56,12 @@ _CITATION = r"""
   journal={arXiv preprint arXiv:2409.12122},
   year={2024}
 }
-@misc{kydlicek2025mathverify,
-  title={Math-Verify: Math Verification Library},
-  author={Kydl{\'\i}{\v{c}}ek, Hynek},
-  howpublished={\url{https://github.com/huggingface/Math-Verify}},
-  year={2025}
-}
 """
+_CITATION += _common.MATH_VERIFY_CITATION
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+@_common.metric_card(_DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
 class MathAccuracy(_common.CheckedMetric):
-    DESCRIPTION = _DESCRIPTION
-    CITATION = _CITATION
-    INPUTS = _KWARGS_DESCRIPTION
     FEATURES = datasets.Features(
         {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
     )

@@ -3,7 +3,6 @@ r"""``physics_accuracy``: the share of completions whose answers match the refer
 from __future__ import annotations
 
 import datasets
-import evaluate
 
 from em_hf.eval.grading import grade_physics
 from em_hf.metrics import _common
@@ -19,7 +18,8 @@ commas, must match every reference, each by a different part, in any order. The 
 over items.
 """
 
-_KWARGS_DESCRIPTION = r"""
+_KWARGS_DESCRIPTION = (
+    r"""
 Parameters:
     predictions (`list[str]`):
         The model's completions, one per problem.
@@ -28,13 +28,9 @@ Parameters:
         All items of one call use the same form.
     rel_tol (`float`, *optional*, defaults to `0.01`):
         Relative tolerance of numeric answers, in [0, 1).
-    return_per_item (`bool`, *optional*, defaults to `False`):
-        Also return `"correct"`, the list of per-item booleans.
-
-Returns:
-    `dict`: `"physics_accuracy"` (`float` in [0, 1]), `"num_correct"` (`int`), `"num_items"` (`int`),
-    and with `return_per_item=True` `"correct"` (`list[bool]`).
-
+"""
+    + _common.per_item_accuracy_doc("physics_accuracy")
+    + r"""
 Examples:
 
     >>> import em_hf.metrics
@@ -43,6 +39,7 @@ Examples:
     >>> metric.compute(predictions=completions, references=["9.81", "3"])
     {'physics_accuracy': 0.5, 'num_correct': 1, 'num_items': 2}
 """
+)
 
 _CITATION = r"""
 @article{xu2025ugphysics,
@@ -52,22 +49,14 @@ _CITATION = r"""
   journal={arXiv preprint arXiv:2502.00334},
   year={2025}
 }
-@misc{kydlicek2025mathverify,
-  title={Math-Verify: Math Verification Library},
-  author={Kydl{\'\i}{\v{c}}ek, Hynek},
-  howpublished={\url{https://github.com/huggingface/Math-Verify}},
-  year={2025}
-}
 """
+_CITATION += _common.MATH_VERIFY_CITATION
 
 _STRING = datasets.Value("string")
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+@_common.metric_card(_DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
 class PhysicsAccuracy(_common.CheckedMetric):
-    DESCRIPTION = _DESCRIPTION
-    CITATION = _CITATION
-    INPUTS = _KWARGS_DESCRIPTION
     FEATURES = (
         datasets.Features({"predictions": _STRING, "references": _STRING}),
         datasets.Features({"predictions": _STRING, "references": datasets.Sequence(_STRING)}),

@@ -11,6 +11,7 @@ __all__ = [
     "add_generation_options",
     "add_model_options",
     "decoding_method",
+    "generation_kwargs",
     "non_negative_int",
     "positive_float",
     "positive_int",
@@ -79,3 +80,13 @@ def add_generation_options(
             "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
         )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """The keyword arguments of the options :func:`add_generation_options` added, as the Python API
+    names them: ``max_new_tokens``, ``batch_size``, ``progress``."""
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "progress": not args.no_progress,
+    }
