@@ -19,12 +19,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from em_hf.utils.validation import check_int
+
 __all__ = [
     "MethodSummary",
     "auroc",
     "format_details",
     "format_seed_table",
     "format_table",
+    "pass_at_k",
     "plot_accuracy_vs_flops",
     "summarize",
     "wilson_interval",
@@ -45,6 +48,34 @@ def wilson_interval(p: float, n: int, z: float = Z_95) -> tuple[float, float]:
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     # The bounds contain p exactly (rounding could put 0 just above the lower bound at p = 0).
     return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    """Unbiased estimate of pass@k for one problem (Chen et al., "Evaluating Large Language Models
+    Trained on Code", 2021): 1 - C(n - c, k) / C(n, k), the probability that at least one of k
+    candidates drawn without replacement from the n generated ones is correct. The binomial
+    coefficients are exact Python integers and (C(n, k) - C(n - c, k)) / C(n, k) is rounded once,
+    so the estimate is the float closest to the exact value, for any n.
+
+    Parameters:
+        num_samples (`int`):
+            n, the number of candidates generated for the problem.
+        num_correct (`int`):
+            c, how many of them pass the tests (0 <= c <= n).
+        k (`int`):
+            The budget of attempts, 1 <= k <= n.
+    """
+    n = check_int("num_samples", num_samples, minimum=1)
+    c = check_int("num_correct", num_correct, minimum=0)
+    check_int("k", k, minimum=1)
+    if c > n:
+        raise ValueError(f"`num_correct` ({c}) must be at most `num_samples` ({n}).")
+    if k > n:
+        raise ValueError(f"`k` ({k}) must be at most `num_samples` ({n}).")
+    if n - c < k:
+        return 1.0
+    total = math.comb(n, k)
+    return (total - math.comb(n - c, k)) / total
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
@@ -92,6 +123,7 @@ class MethodSummary:
     auroc: float | None
     accuracy_std: float = 0.0  # standard deviation over seeds of the per-seed accuracy (0 for one seed)
     tokens_per_s: float = 0.0  # generated tokens / generation seconds, over all records
+    pass_at_seeds: float | None = None  # pass@n over the n seeds of each item (n > 1), else None
 
 
 def _per_seed_accuracy_std(rows: Sequence[dict]) -> float:
@@ -100,6 +132,16 @@ def _per_seed_accuracy_std(rows: Sequence[dict]) -> float:
         by_seed.setdefault(r["seed"], []).append(bool(r["correct"]))
     accuracies = [statistics.fmean(values) for values in by_seed.values()]
     return statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+
+
+def _pass_at_seeds(rows: Sequence[dict]) -> float | None:
+    """Mean over items of pass@n (:func:`pass_at_k`), n = the item's number of seeds; None for one seed."""
+    per_item: dict[str, list[bool]] = {}
+    for r in rows:
+        per_item.setdefault(r["item_id"], []).append(bool(r["correct"]))
+    if max(len(v) for v in per_item.values()) < 2:
+        return None
+    return statistics.fmean(pass_at_k(len(v), sum(v), len(v)) for v in per_item.values())
 
 
 def summarize(records: Iterable[dict]) -> list[MethodSummary]:
@@ -128,6 +170,7 @@ def summarize(records: Iterable[dict]) -> list[MethodSummary]:
                 auroc=auroc([-r["mean_entropy"] for r in rows], [bool(r["correct"]) for r in rows]),
                 accuracy_std=_per_seed_accuracy_std(rows),
                 tokens_per_s=_rate(sum(r["tokens"] for r in rows), sum(r["seconds"] for r in rows)),
+                pass_at_seeds=_pass_at_seeds(rows),
             )
         )
     return summaries
@@ -169,17 +212,19 @@ def format_table(summaries: Sequence[MethodSummary], not_applicable: Iterable[tu
 
 
 def format_details(summaries: Sequence[MethodSummary]) -> str:
-    """Every summary field: accuracy with its 95% Wilson interval, items x seeds, and per-item cost."""
+    """Every summary field: accuracy with its 95% Wilson interval, pass@n over the n seeds, items x
+    seeds, and per-item cost."""
     lines = [
-        "| benchmark | method | accuracy % [95% CI] | items x seeds | tokens / item | s / item "
-        "| FLOPs / item | mean entropy (nats) | AUROC(-entropy) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| benchmark | method | accuracy % [95% CI] | pass@seeds % | items x seeds | tokens / item "
+        "| s / item | FLOPs / item | mean entropy (nats) | AUROC(-entropy) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         area = "n/a" if s.auroc is None else f"{s.auroc:.2f}"
+        oracle = "–" if s.pass_at_seeds is None else f"{100 * s.pass_at_seeds:.1f}"
         lines.append(
             f"| {s.benchmark} | {s.method} "
-            f"| {100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}] "
+            f"| {100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}] | {oracle} "
             f"| {s.n_items} x {s.n_seeds} | {s.tokens:.1f} | {s.seconds:.2f} | {s.flops:.3g} "
             f"| {s.mean_entropy:.3f} | {area} |"
         )

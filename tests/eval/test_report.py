@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import statistics
 
 import pytest
 
@@ -13,6 +14,7 @@ from em_hf.eval.report import (
     auroc,
     format_details,
     format_table,
+    pass_at_k,
     plot_accuracy_vs_flops,
     summarize,
     wilson_interval,
@@ -99,6 +101,22 @@ def test_summarize_groups_and_averages():
     assert sample.tokens == pytest.approx((20 + 40 + 10 + 10) / 4)
     assert sample.auroc == pytest.approx(_pairs_auroc([-0.2, -0.4, -0.8, -0.3], [True, False, False, True]))
     assert (sample.ci_low, sample.ci_high) == pytest.approx(wilson_interval(0.5, 2))  # n = items, not records
+    # pass@2 over the two seeds: each item is solved by one of its two seeds -> 1.0; one seed -> None.
+    assert sample.pass_at_seeds == 1.0 and greedy.pass_at_seeds is None
+    assert sample.accuracy_std == 0.0  # seed 0: 1/2, seed 1: 1/2
+
+
+def test_pass_at_seeds_is_the_unbiased_estimator_averaged_over_items():
+    records = [
+        _record("amc", "sample", seed, item, correct, 0.1)
+        for item, outcomes in (("a", (True, False, False)), ("b", (False, False, False)), ("c", (True,) * 3))
+        for seed, correct in enumerate(outcomes)
+    ]
+    (summary,) = summarize(records)
+    assert summary.pass_at_seeds == pytest.approx((1.0 + 0.0 + 1.0) / 3)
+    assert pass_at_k(3, 1, 2) == pytest.approx(1 - math.comb(2, 2) / math.comb(3, 2))
+    assert summary.accuracy_std == pytest.approx(statistics.stdev([2 / 3, 1 / 3, 1 / 3]))  # per-seed accuracy
+    assert "| 66.7 |" in format_details([summary])
 
 
 def test_table_has_the_paper_layout_and_dashes():

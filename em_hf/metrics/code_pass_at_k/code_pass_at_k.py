@@ -9,7 +9,7 @@ from typing import Any
 import datasets
 
 from em_hf.eval.sandbox import extract_code, run_code
-from em_hf.metrics import _common
+from em_hf.metrics import _common, _script
 from em_hf.utils.validation import check_int, check_number
 
 _DESCRIPTION = r"""
@@ -72,8 +72,8 @@ _CITATION = r"""
 """
 
 
-@_common.metric_card(_DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
-class CodePassAtK(_common.CheckedMetric):
+@_script.metric_card(_DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
+class CodePassAtK(_script.CheckedMetric):
     FEATURES = datasets.Features(
         {"predictions": datasets.Sequence(datasets.Value("string")), "references": datasets.Value("string")}
     )

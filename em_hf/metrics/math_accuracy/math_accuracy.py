@@ -7,7 +7,7 @@ from typing import Any
 import datasets
 
 from em_hf.eval.grading import grade_math
-from em_hf.metrics import _common
+from em_hf.metrics import _common, _script
 
 _DESCRIPTION = r"""
 Accuracy of final answers to math problems, graded by em_hf's math grader
@@ -31,7 +31,7 @@ Parameters:
         Require a `\boxed{}` answer (a completion without one is wrong) instead of falling back to
         the last number of the text.
 """
-    + _common.per_item_accuracy_doc("math_accuracy")
+    + _script.per_item_accuracy_doc("math_accuracy")
     + r"""
 Examples:
 
@@ -60,8 +60,8 @@ _CITATION = r"""
 _CITATION += _common.MATH_VERIFY_CITATION
 
 
-@_common.metric_card(_DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
-class MathAccuracy(_common.CheckedMetric):
+@_script.metric_card(_DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
+class MathAccuracy(_script.CheckedMetric):
     FEATURES = datasets.Features(
         {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
     )
@@ -88,4 +88,4 @@ class MathAccuracy(_common.CheckedMetric):
         if not isinstance(strict, bool):
             raise ValueError(f"`strict` must be True or False, got {strict!r}.")
         correct = [grade_math(p, r, strict=strict) for p, r in zip(predictions, references, strict=True)]
-        return _common.accuracy_result("math_accuracy", correct, return_per_item)
+        return _script.accuracy_result("math_accuracy", correct, return_per_item)

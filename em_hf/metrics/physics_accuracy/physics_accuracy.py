@@ -5,7 +5,7 @@ from __future__ import annotations
 import datasets
 
 from em_hf.eval.grading import grade_physics
-from em_hf.metrics import _common
+from em_hf.metrics import _common, _script
 
 _DESCRIPTION = r"""
 Accuracy of answers to physics problems, graded by em_hf's physics grader
@@ -29,7 +29,7 @@ Parameters:
     rel_tol (`float`, *optional*, defaults to `0.01`):
         Relative tolerance of numeric answers, in [0, 1).
 """
-    + _common.per_item_accuracy_doc("physics_accuracy")
+    + _script.per_item_accuracy_doc("physics_accuracy")
     + r"""
 Examples:
 
@@ -55,8 +55,8 @@ _CITATION += _common.MATH_VERIFY_CITATION
 _STRING = datasets.Value("string")
 
 
-@_common.metric_card(_DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
-class PhysicsAccuracy(_common.CheckedMetric):
+@_script.metric_card(_DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
+class PhysicsAccuracy(_script.CheckedMetric):
     FEATURES = (
         datasets.Features({"predictions": _STRING, "references": _STRING}),
         datasets.Features({"predictions": _STRING, "references": datasets.Sequence(_STRING)}),
@@ -67,4 +67,4 @@ class PhysicsAccuracy(_common.CheckedMetric):
         _common.check_not_empty(predictions)
         _common.check_same_length(predictions, references)
         correct = [grade_physics(p, r, rel_tol=rel_tol) for p, r in zip(predictions, references, strict=True)]
-        return _common.accuracy_result("physics_accuracy", correct, return_per_item)
+        return _script.accuracy_result("physics_accuracy", correct, return_per_item)
