@@ -156,7 +156,7 @@ def main() -> None:
         print(
             f"| {run} | {'-' if seed is None else seed} | {100 * sample.accuracy:.1f}% ± "
             f"{100 * sample.accuracy_std:.1f} | {100 * greedy.accuracy:.1f}% | {sample.mean_entropy:.3f} "
-            f"| {sample.mean_tokens:.1f} | {train_cols} |"
+            f"| {sample.tokens:.1f} | {train_cols} |"
         )
 
 
