@@ -121,13 +121,9 @@ def select_by_pass_variance(
     One-shot EM then trains on the top prompt (One-shot EM, sec. 2.2).
 
     Parameters:
-        model (`PreTrainedModel`):
-            A causal LM.
-        tokenizer (`PreTrainedTokenizerBase`):
-            Its tokenizer; it needs a pad token.
-        prompts (`Sequence[str | list[dict]]`):
-            The candidate prompts, strings or chat messages (rendered by
-            :func:`em_hf.generation.prompts.render_prompt`).
+        model, tokenizer, prompts:
+            As in :func:`~em_hf.generation.batched.generate_completions`: the candidate prompts, strings or
+            chat messages.
         answers (`Sequence[Any]`):
             The reference answer of each prompt.
         k (`int`, *optional*, defaults to `8`):
@@ -139,14 +135,9 @@ def select_by_pass_variance(
             Sampling temperature.
         top_p (`float`, *optional*, defaults to `1.0`):
             Nucleus sampling mass.
-        max_new_tokens (`int`, *optional*, defaults to `256`):
-            Maximum new tokens per sample.
-        batch_size (`int`, *optional*, defaults to `32`):
-            Rows per ``generate`` call.
-        seed (`int`, *optional*, defaults to `0`):
-            ``torch.manual_seed`` before sampling (reproducible for a given batch size).
-        progress (`bool`, *optional*, defaults to `True`):
-            Show a progress bar.
+        max_new_tokens, batch_size, seed, progress:
+            As in :func:`~em_hf.generation.batched.generate_completions` (``max_new_tokens`` defaults to
+            256 here); the seed makes the selection reproducible for a given batch size.
 
     Returns:
         `list[PromptPassVariance]`: one per prompt, sorted by variance (ties: the candidate order).
