@@ -5,8 +5,8 @@ metadata). A loader reads, in this order:
 
 1. a user-given ``path`` (the benchmark's file, or a folder holding it);
 2. the shared benchmark folder: ``$EM_HF_BENCHMARKS`` when set, else the first ``shared/benchmarks``
-   found beside or above the current directory or the package's checkout (e.g. ``../shared/benchmarks``
-   from the repository root);
+   found beside or above the current directory or the package's checkout (a ``shared/benchmarks``
+   folder next to a source checkout);
 3. the Hugging Face Hub (``datasets.load_dataset(hub_id, ...)``; needs network, and its column names
    are mapped with the same tolerant field lookup).
 

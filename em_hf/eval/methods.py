@@ -7,10 +7,11 @@ Accounting per item (what :class:`ItemResult` holds):
 - ``tokens``: generated tokens through the first EOS, summed over the item's trajectories/rounds;
 - ``prompt_tokens``: prompt tokens the model processed (padding excluded), summed likewise (refinement
   rounds re-read the growing conversation, so they count again);
-- ``flops = 2 * P * (prompt_tokens + tokens)`` (paper 1, appendix D.4: inference costs 2PD), P the
-  model's parameters (tied weights once). Not counted: padding and the steps a batch keeps running
-  after a row's EOS (implementation waste, not method cost), and the EM-INF / adaptive-temperature
-  logit work, O(n_steps * V) per token, under 0.5% of 2P per token for the default model;
+- ``flops = 2 * P * (prompt_tokens + tokens)`` (Unreasonable Effectiveness of EM, appendix D.4:
+  inference costs 2PD), P the model's parameters (tied weights once). Not counted: padding and the
+  steps a batch keeps running after a row's EOS (implementation waste, not method cost), and the
+  EM-INF / adaptive-temperature logit work, O(n_steps * V) per token, under 0.5% of 2P per token for
+  the default model;
 - ``seconds``: the item's share of its batches' wall time (batch time / rows), summed;
 - ``mean_entropy``: the model's own token entropy averaged over every generated token of the item
   (token-weighted over trajectories/rounds), recorded before any processor.

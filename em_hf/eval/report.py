@@ -1,6 +1,6 @@
 """Per-method summaries of a run: accuracy with a 95% interval, cost (tokens, time, FLOPs), and
-whether confidence tracks correctness; rendered as markdown tables (paper 1, Table 3 layout) and an
-accuracy-vs-FLOPs plot (paper 1, Figure 1).
+whether confidence tracks correctness; rendered as markdown tables (Unreasonable Effectiveness of EM,
+Table 3 layout) and an accuracy-vs-FLOPs plot (its Figure 1).
 
 - Accuracy: the mean over every (item, seed) record. Interval: the Wilson score interval
   (z = 1.96) with n = the number of ITEMS. With several seeds the per-item accuracies are averages in
@@ -205,7 +205,8 @@ def format_seed_table(summaries: Sequence[MethodSummary]) -> str:
 
 def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: str | Path, title: str = "") -> Path:
     """Accuracy (with the 95% interval) against FLOPs per item, one panel per benchmark and one
-    marker per method (paper 1, Figure 1); saved to ``path`` (PNG/SVG/PDF by its suffix)."""
+    marker per method (Unreasonable Effectiveness of EM, Figure 1); saved to ``path`` (PNG/SVG/PDF by
+    its suffix)."""
     try:
         import matplotlib
 
