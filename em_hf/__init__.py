@@ -1,5 +1,13 @@
 """em_hf: entropy minimization for LLM reasoning as a drop-in Hugging Face Transformers add-on.
 
+It implements two papers, referred to by short name everywhere else in the package:
+
+- "The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning" (arXiv:2505.15134;
+  "Unreasonable Effectiveness of EM"): EM-FT (:class:`EntropyMinTrainer`), EM-RL
+  (:class:`EMRLOOTrainer`, :mod:`em_hf.rewards`) and EM-INF (:class:`EntropyMinLogitsProcessor`);
+- "One-shot Entropy Minimization" (arXiv:2505.20282; "One-shot EM"): :meth:`EntropyMinConfig.one_shot`
+  and :func:`select_by_pass_variance`.
+
 Public names are imported lazily, so ``import em_hf`` stays cheap::
 
     from em_hf import EntropyMinLogitsProcessor, AdaptiveTemperatureLogitsWarper

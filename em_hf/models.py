@@ -106,6 +106,26 @@ def load_default_model(
     :func:`default_model_cache_dir`); later calls load the copy. The model is in eval mode; the
     tokenizer pads on the left (what batched generation with a decoder-only model needs) and its pad
     token is set (to EOS ``<|im_end|>``, as in the model's generation config).
+
+    Parameters:
+        dtype, device_map, load_in_8bit:
+            As in :func:`load_model`, except that ``dtype`` defaults to `torch.float32` here.
+        cache_dir (`str` or `os.PathLike`, *optional*):
+            Folder of the safetensors copy; defaults to :func:`default_model_cache_dir`
+            (``$EM_HF_CACHE/smollm2-135m-instruct``, ``EM_HF_CACHE`` defaulting to ``~/.cache/em_hf``).
+
+    Returns:
+        `tuple`: ``(model, tokenizer)``, a ``LlamaForCausalLM`` and its ``PreTrainedTokenizerFast``.
+
+    Examples:
+        Loading takes seconds (20-30 s the first time, which builds the cache), so it is not run here:
+
+        >>> from em_hf import load_default_model
+        >>> model, tokenizer = load_default_model()  # doctest: +SKIP
+        >>> tokenizer.padding_side, tokenizer.pad_token  # doctest: +SKIP
+        ('left', '<|im_end|>')
+        >>> inputs = tokenizer(["2 + 2 ="], return_tensors="pt")  # doctest: +SKIP
+        >>> output = model.generate(**inputs, max_new_tokens=8, do_sample=False)  # doctest: +SKIP
     """
     cache = ensure_default_model_cache(cache_dir)
     return load_model(cache, load_in_8bit=load_in_8bit, dtype=dtype, device_map=device_map)
@@ -132,16 +152,40 @@ def load_model(
 ):
     """Return ``(model, tokenizer)`` for a causal LM: a Hub id, a local folder, or ``"default"``.
 
-    Args:
-        name_or_path: passed to ``from_pretrained``; ``"default"`` loads the embedded
-            SmolLM2-135M-Instruct (:func:`load_default_model`).
-        load_in_8bit: quantize linear layers to 8-bit with bitsandbytes through a
-            ``BitsAndBytesConfig`` (transformers 5 removed the bare ``load_in_8bit=`` argument).
-        dtype: ``torch_dtype`` of the weights (``"auto"``: as stored).
-        device_map: passed to ``from_pretrained`` (e.g. ``"auto"``, ``"cpu"``).
-        **from_pretrained_kwargs: anything else ``AutoModelForCausalLM.from_pretrained`` accepts.
+    The model is in eval mode; the tokenizer pads on the left and has a pad token (EOS when it had
+    none).
 
-    The tokenizer pads on the left and has a pad token (EOS when it had none).
+    Parameters:
+        name_or_path (`str` or `os.PathLike`):
+            Passed to ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``;
+            ``"default"`` loads the embedded SmolLM2-135M-Instruct (:func:`load_default_model`).
+        load_in_8bit (`bool`, *optional*, defaults to `False`):
+            Quantize the linear layers to 8-bit with bitsandbytes through a ``BitsAndBytesConfig``
+            (transformers 5 removed the bare ``load_in_8bit=`` argument); needs ``em_hf[8bit]``.
+        dtype (`torch.dtype` or `str`, *optional*, defaults to `"auto"`):
+            The dtype of the weights; ``"auto"`` keeps the stored one (float32 for ``"default"``).
+        device_map (`str` or `dict`, *optional*):
+            Passed to ``from_pretrained`` (e.g. ``"auto"``, ``"cpu"``).
+        **from_pretrained_kwargs:
+            Anything else ``AutoModelForCausalLM.from_pretrained`` accepts (``revision``,
+            ``quantization_config``, ...).
+
+    Returns:
+        `tuple`: ``(model, tokenizer)``.
+
+    Examples:
+        A model saved to a folder (here a tiny random one) loads back ready for batched generation:
+
+        >>> import tempfile
+        >>> from em_hf import load_model
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> folder = tempfile.mkdtemp()
+        >>> tiny, tiny_tokenizer = tiny_llama_and_tokenizer()
+        >>> tiny.save_pretrained(folder); tiny_tokenizer.save_pretrained(folder)  # doctest: +ELLIPSIS
+        (...)
+        >>> model, tokenizer = load_model(folder)
+        >>> type(model).__name__, model.training, tokenizer.padding_side, tokenizer.pad_token
+        ('LlamaForCausalLM', False, 'left', '<eos>')
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,9 +1,9 @@
-"""Rewards for EM-RL and its self-consistency baseline (paper 1, section 3.2 and 3.3).
+"""Rewards for EM-RL and its self-consistency baseline (Unreasonable Effectiveness of EM, sec. 3.2, 3.3).
 
 Two pure tensor functions turn per-token quantities of N sampled completions into one reward per
 completion (``[N, T]`` inputs, ``[N]`` output), summing over the completion tokens only:
 
-    token_entropy_reward:    r_tok(y) = -sum_t mask_t * H_t                (paper 1, eq. 4)
+    token_entropy_reward:    r_tok(y) = -sum_t mask_t * H_t                (eq. 4)
     sequence_logprob_reward: r_seq(y) =  sum_t mask_t * log pi(y_t | y_<t)  (= log pi(y), eq. 3)
 
 where ``mask`` is 1 on the generated tokens (through the first EOS) and 0 on padding and on
@@ -12,8 +12,9 @@ maximising E[r_seq] the trajectory-level one (eq. 1). :class:`em_hf.EMRLOOTraine
 the per-token entropies and log-probabilities that trl's RLOOTrainer already computes in its scoring
 forward pass of the sampling policy.
 
-``self_consistency_reward`` is the SC-RL baseline (paper 1, section 3.3), a reward function in the
-form trl's ``RLOOTrainer`` and ``GRPOTrainer`` call (``prompts``, ``completions``, ``**kwargs``):
+``self_consistency_reward`` is the SC-RL baseline (Unreasonable Effectiveness of EM, sec. 3.3), a reward
+function in the form trl's ``RLOOTrainer`` and ``GRPOTrainer`` call (``prompts``, ``completions``,
+``**kwargs``):
 
     r(y_i) = (1/N) sum_{j=1}^{N} 1[a_i == a_j]     over the N completions of the same prompt,
 
@@ -69,31 +70,54 @@ def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def token_entropy_reward(entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """EM-RL-token reward r_tok(y) = -sum_t mask_t H_t, one value per completion (paper 1, eq. 4).
+    """EM-RL-token reward r_tok(y) = -sum_t mask_t H_t, one value per completion (Unreasonable
+    Effectiveness of EM, sec. 3.2, eq. 4).
 
-    Args:
-        entropies: ``[N, T]`` token entropies H_t = -sum_v p_v log p_v of the sampling policy at
-            the position that predicts completion token t (as returned by :func:`em_hf.token_entropy`
-            or trl's ``_get_per_token_logps_and_entropies``).
-        mask: ``[N, T]`` bool or 0/1 tensor, 1 on the completion tokens (EOS included), 0 on padding
-            and after EOS. Values at masked-out positions are ignored, even NaN.
+    Parameters:
+        entropies (`torch.Tensor` of shape `[N, T]`):
+            Token entropies H_t = -sum_v p_v log p_v of the sampling policy at the position that predicts
+            completion token t (as returned by :func:`em_hf.token_entropy` or trl's
+            ``_get_per_token_logps_and_entropies``).
+        mask (`torch.Tensor` of shape `[N, T]`):
+            Bool or 0/1: 1 on the completion tokens (EOS included), 0 on padding and after EOS. Values at
+            masked-out positions are ignored, even NaN.
 
     Returns:
-        ``[N]`` rewards in float32 (float64 for float64 input); 0 for an all-masked row.
+        `torch.Tensor` of shape `[N]`: the rewards in float32 (float64 for float64 input); 0 for an
+        all-masked row.
+
+    Examples:
+        >>> import torch
+        >>> from em_hf.rewards import token_entropy_reward
+        >>> entropies = torch.tensor([[0.5, 0.25, 9.0], [1.0, float("nan"), 2.0]])
+        >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0]])  # padding (and its NaN) is ignored
+        >>> token_entropy_reward(entropies, mask)
+        tensor([-0.7500, -1.0000])
     """
     mask = _check_per_token(entropies, mask, "entropies")
     return -_masked_sum(entropies, mask)
 
 
 def sequence_logprob_reward(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """EM-RL-sequence reward r_seq(y) = sum_t mask_t log pi(y_t | y_<t) = log pi(y) (paper 1, eq. 3).
+    """EM-RL-sequence reward r_seq(y) = sum_t mask_t log pi(y_t | y_<t) = log pi(y) (Unreasonable
+    Effectiveness of EM, sec. 3.2, eq. 3).
 
-    Args:
-        logps: ``[N, T]`` log-probabilities of the sampled completion tokens under the sampling policy.
-        mask: ``[N, T]`` bool or 0/1 tensor, as in :func:`token_entropy_reward`.
+    Parameters:
+        logps (`torch.Tensor` of shape `[N, T]`):
+            Log-probabilities of the sampled completion tokens under the sampling policy.
+        mask (`torch.Tensor` of shape `[N, T]`):
+            As in :func:`token_entropy_reward`.
 
     Returns:
-        ``[N]`` rewards in float32 (float64 for float64 input); 0 for an all-masked row.
+        `torch.Tensor` of shape `[N]`: as in :func:`token_entropy_reward`.
+
+    Examples:
+        >>> import math, torch
+        >>> from em_hf.rewards import sequence_logprob_reward
+        >>> logps = torch.log(torch.tensor([[0.5, 0.5, 1.0], [0.25, 1.0, 1.0]]))
+        >>> rewards = sequence_logprob_reward(logps, torch.tensor([[1, 1, 0], [1, 1, 1]]))
+        >>> [round(math.exp(r), 4) for r in rewards.tolist()]  # pi(y) = 0.5 * 0.5 and 0.25 * 1 * 1
+        [0.25, 0.25]
     """
     mask = _check_per_token(logps, mask, "logps")
     return _masked_sum(logps, mask)
@@ -174,29 +198,40 @@ def self_consistency_reward(
 ) -> list[float]:
     """SC-RL reward: the share of the completions of the same prompt whose answer equals this one's.
 
-    r_i = (1/N) sum_{j in group(i)} 1[a_i == a_j] (paper 1, section 3.3, "Baseline"), itself included,
-    so a unique answer gets 1/N and a unanimous one 1; a completion without an extractable answer
-    (:func:`em_hf.utils.answers.extract_answer` returns None) gets 0.
+    r_i = (1/N) sum_{j in group(i)} 1[a_i == a_j] (Unreasonable Effectiveness of EM, sec. 3.3,
+    "Baseline"), itself included, so a unique answer gets 1/N and a unanimous one 1; a completion without
+    an extractable answer (:func:`em_hf.utils.answers.extract_answer` returns None) gets 0.
 
     Pass it as ``reward_funcs=self_consistency_reward`` to ``trl.RLOOTrainer``, ``trl.GRPOTrainer`` or
     :class:`em_hf.EMRLOOTrainer`. trl calls it with the local batch: ``prompts`` (strings or chat
     message lists) repeated ``num_generations`` times in a row by its ``RepeatSampler``, and
     ``completions`` (strings, or ``[{"role": "assistant", "content": ...}]``).
 
-    Args:
-        prompts: one prompt per completion.
-        completions: the completions, aligned with ``prompts``.
-        num_generations: group size N. None (what trl passes) groups consecutive equal prompts,
-            which is exact unless the same prompt is drawn twice in a row; give it (e.g. with
-            ``functools.partial``) to split groups into blocks of exactly N and check them.
-        gather: in a distributed run (``torch.distributed`` initialized, several processes), gather
-            the prompts and answers of all processes first. trl's trainers call reward functions on
-            every process at the same point, and a prompt's group may be split across processes
-            (per-device batch smaller than ``num_generations``). ``gather=False`` votes locally.
-        **kwargs: the other columns trl passes (``completion_ids``, ``trainer_state``, ...); ignored.
+    Parameters:
+        prompts (`Sequence[str | list[dict]]`):
+            One prompt per completion.
+        completions (`Sequence[str | list[dict]]`):
+            The completions, aligned with ``prompts``.
+        num_generations (`int`, *optional*):
+            Group size N. `None` (what trl passes) groups consecutive equal prompts, which is exact unless
+            the same prompt is drawn twice in a row; give it (e.g. with ``functools.partial``) to split
+            the groups into blocks of exactly N and check them.
+        gather (`bool`, *optional*, defaults to `True`):
+            In a distributed run (``torch.distributed`` initialized, several processes), gather the
+            prompts and answers of all processes first: trl's trainers call reward functions on every
+            process at the same point, and a prompt's group may be split across processes (per-device
+            batch smaller than ``num_generations``). `False` votes locally.
+        **kwargs:
+            The other columns trl passes (``completion_ids``, ``trainer_state``, ...); ignored.
 
     Returns:
-        One float in [0, 1] per completion.
+        `list[float]`: one value in [0, 1] per completion.
+
+    Examples:
+        >>> from em_hf.rewards import self_consistency_reward
+        >>> completions = [r"so \\boxed{4}", "The answer is 4", "5", "no idea"]
+        >>> self_consistency_reward(["What is 2 + 2?"] * 4, completions)
+        [0.5, 0.5, 0.25, 0.0]
     """
     if len(prompts) != len(completions):
         raise ValueError(

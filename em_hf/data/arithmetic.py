@@ -29,7 +29,16 @@ _INTEGER = re.compile(r"(?<![\d.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.0+)?(?![\d.]*
 
 @dataclass(frozen=True)
 class ArithmeticProblem:
-    """One item: ``question`` is the bare expression question, ``answer`` its integer value."""
+    """One arithmetic item.
+
+    Parameters:
+        id (`str`):
+            ``"arith-<seed>-<index>"``, unique within a seed.
+        question (`str`):
+            The bare question, e.g. ``"Compute 13 + 14."``.
+        answer (`int`):
+            Its value.
+    """
 
     id: str
     question: str
@@ -56,6 +65,29 @@ def make_arithmetic_problems(
     """``n`` problems, cycling through ``operand_counts``; operands are uniform in [1, max_operand].
 
     The same arguments always give the same problems (a private ``random.Random(seed)``).
+
+    Parameters:
+        n (`int`):
+            Number of problems (>= 1).
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the private generator; also part of each problem's ``id``.
+        operand_counts (`tuple[int, ...]`, *optional*, defaults to `(2, 3)`):
+            Operands per problem (each >= 2), used in turn: problem i has ``operand_counts[i % len]``.
+        max_operand (`int`, *optional*, defaults to `20`):
+            Operands are drawn uniformly from 1 to this value.
+        operators (`str`, *optional*, defaults to `"+-"`):
+            The operators to draw from, any of ``"+"``, ``"-"``, ``"*"`` (``*`` binds tighter).
+
+    Returns:
+        `list[ArithmeticProblem]`
+
+    Examples:
+        >>> from em_hf.data import make_arithmetic_problems
+        >>> make_arithmetic_problems(2)
+        [ArithmeticProblem(id='arith-0-0', question='Compute 13 + 14.', answer=27),
+         ArithmeticProblem(id='arith-0-1', question='Compute 9 - 17 - 16.', answer=-24)]
+        >>> make_arithmetic_problems(1)[0].prompt
+        'Compute 13 + 14. Reply with just the number.'
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"`n` must be an integer >= 1, got {n!r}.")
@@ -95,7 +127,20 @@ def _evaluate(operands: list[int], ops: list[str]) -> int:
 
 def arithmetic_dataset(n: int, seed: int = 0, **kwargs):
     """The problems as a ``datasets.Dataset`` with columns ``id``, ``prompt`` (chat messages),
-    ``question`` and ``answer`` (the layout the EM trainers read)."""
+    ``question`` and ``answer`` (the layout the EM trainers read).
+
+    Parameters:
+        n, seed, **kwargs:
+            As in :func:`make_arithmetic_problems`.
+
+    Examples:
+        >>> from em_hf.data import arithmetic_dataset
+        >>> dataset = arithmetic_dataset(3)
+        >>> dataset.column_names
+        ['id', 'prompt', 'question', 'answer']
+        >>> dataset[0]["prompt"], dataset[0]["answer"]
+        ([{'role': 'user', 'content': 'Compute 13 + 14. Reply with just the number.'}], 27)
+    """
     from datasets import Dataset
 
     problems = make_arithmetic_problems(n, seed=seed, **kwargs)
@@ -110,7 +155,13 @@ def arithmetic_dataset(n: int, seed: int = 0, **kwargs):
 
 
 def extract_last_integer(text: str) -> int | None:
-    """The last integer in ``text`` ("1,234" and "12.0" count as integers), or None."""
+    """The last integer in ``text`` ("1,234" and "12.0" count as integers), or None.
+
+    Examples:
+        >>> from em_hf.data import extract_last_integer
+        >>> extract_last_integer("13 + 14 = 27, or 1,234.0"), extract_last_integer("3.5")
+        (1234, None)
+    """
     matches = _INTEGER.findall(text)
     if not matches:
         return None
@@ -118,5 +169,5 @@ def extract_last_integer(text: str) -> int | None:
 
 
 def grade_last_integer(completion: str, answer: int) -> bool:
-    """True when the last integer of ``completion`` equals ``answer``."""
+    """True when the last integer of ``completion`` (:func:`extract_last_integer`) equals ``answer``."""
     return extract_last_integer(completion) == answer

@@ -1,4 +1,4 @@
-r"""Prompt selection for one-shot EM by pass@k variance (paper 2, sec. 2.2).
+r"""Prompt selection for one-shot EM by pass@k variance (One-shot EM, sec. 2.2).
 
 For each candidate prompt x, draw k samples y^(1..k) ~ p_theta(. | x), grade them, and compute
 
@@ -28,9 +28,26 @@ Verifier = Callable[[str, Any], bool]
 
 @dataclass(frozen=True)
 class PromptPassVariance:
-    """One candidate prompt's sampled pass rate and its variance p(1 - p)."""
+    """One candidate prompt's sampled pass rate and its variance p(1 - p).
 
-    index: int  # position in the candidate list
+    Parameters:
+        index (`int`):
+            Position in the candidate list.
+        prompt (`str` or `list[dict]`):
+            The candidate prompt, as given.
+        answer (`Any`):
+            Its reference answer, as given.
+        pass_rate (`float`):
+            Share of the ``num_samples`` completions the verifier accepted (pass@k averaged).
+        variance (`float`):
+            ``pass_rate * (1 - pass_rate)``, what the ranking sorts by (highest first).
+        num_samples (`int`):
+            k, the completions sampled.
+        completions (`tuple[str, ...]`):
+            The sampled completion texts.
+    """
+
+    index: int
     prompt: Prompt
     answer: Any
     pass_rate: float
@@ -54,6 +71,17 @@ def default_verifier(completion: str, answer: Any) -> bool:
     1e-6); anything else, or a boxed completion whose content is not a plain number, goes through
     ``math_verify`` (``pip install math-verify``) when it is installed, else through exact string equality
     after normalization.
+
+    Parameters:
+        completion (`str`):
+            The model's text.
+        answer (`Any`):
+            The reference: a number, or a string (LaTeX allowed with math-verify).
+
+    Examples:
+        >>> from em_hf.data import default_verifier
+        >>> default_verifier("13 + 14 = 27", 27), default_verifier(r"so \\boxed{28}", "27")
+        (True, False)
     """
     predicted = extract_answer(completion)
     if predicted is None:
@@ -90,18 +118,42 @@ def select_by_pass_variance(
 ) -> list[PromptPassVariance]:
     """Sample ``k`` answers per prompt, grade them and rank the prompts by pass@k variance, highest first.
 
-    Args:
-        model, tokenizer: a causal LM and its tokenizer (needs a pad token).
-        prompts: strings or chat messages (the chat template is applied to messages).
-        answers: the reference answer of each prompt.
-        k: samples per prompt (paper 2: pass@k with k samples).
-        verifier: ``verifier(completion, answer) -> bool``; default :func:`default_verifier` (numeric match,
+    One-shot EM then trains on the top prompt (One-shot EM, sec. 2.2).
+
+    Parameters:
+        model, tokenizer, prompts:
+            As in :func:`~em_hf.generation.batched.generate_completions`: the candidate prompts, strings or
+            chat messages.
+        answers (`Sequence[Any]`):
+            The reference answer of each prompt.
+        k (`int`, *optional*, defaults to `8`):
+            Samples per prompt (>= 2): the k of pass@k.
+        verifier (`Callable[[str, Any], bool]`, *optional*):
+            ``verifier(completion, answer) -> bool``; defaults to :func:`default_verifier` (numeric match,
             math-verify for ``\\boxed{}`` answers).
-        temperature, top_p: sampling settings; max_new_tokens, batch_size: generation settings.
-        seed: ``torch.manual_seed`` before sampling (reproducible for a given batch size).
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature.
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling mass.
+        max_new_tokens, batch_size, seed, progress:
+            As in :func:`~em_hf.generation.batched.generate_completions` (``max_new_tokens`` defaults to
+            256 here); the seed makes the selection reproducible for a given batch size.
 
     Returns:
-        One :class:`PromptPassVariance` per prompt, sorted by variance (ties: the candidate order).
+        `list[PromptPassVariance]`: one per prompt, sorted by variance (ties: the candidate order).
+
+    Examples:
+        With a tiny random model (its samples are noise, but seeded):
+
+        >>> from em_hf.data import select_by_pass_variance
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> model, tokenizer = tiny_llama_and_tokenizer()
+        >>> prompts = ["Compute 1 + 2 =", "Compute 3 + 4 =", "Compute 2 + 2 ="]
+        >>> ranked = select_by_pass_variance(
+        ...     model, tokenizer, prompts, ["3", "7", "4"], k=8, max_new_tokens=1, progress=False
+        ... )
+        >>> [(r.index, r.pass_rate, r.variance) for r in ranked]
+        [(0, 0.125, 0.109375), (2, 0.125, 0.109375), (1, 0.0, 0.0)]
     """
     if len(prompts) == 0:
         raise ValueError("`prompts` is empty: give at least one candidate prompt.")

@@ -1,12 +1,12 @@
 """One-shot EM end to end on the package's arithmetic set (the training stage of ``em-hf demo``).
 
 1. Candidate prompts (arithmetic problems that are NOT in the evaluation set) are ranked by pass@k
-   variance (:func:`em_hf.data.select_by_pass_variance`, paper 2 sec. 2.2); the top one is the single
+   variance (:func:`em_hf.data.select_by_pass_variance`, One-shot EM sec. 2.2); the top one is the single
    training prompt.
 2. The model is scored on the evaluation set with several decoding methods
    (:func:`em_hf.demos.decoding.run_demo`).
-3. :class:`~em_hf.trainers.EntropyMinTrainer` trains it with :meth:`EntropyMinConfig.one_shot` (paper 2's
-   hyperparameters; fewer samples per step and shorter completions, as CPU time demands), evaluating
+3. :class:`~em_hf.trainers.EntropyMinTrainer` trains it with :meth:`EntropyMinConfig.one_shot` (One-shot
+   EM's hyperparameters; fewer samples per step and shorter completions, as CPU time demands), evaluating
    greedy accuracy during training with :class:`~em_hf.trainers.BenchmarkEarlyStoppingCallback`.
 4. The trained model is scored again with the same methods and seeds.
 """

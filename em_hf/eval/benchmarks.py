@@ -5,8 +5,8 @@ metadata). A loader reads, in this order:
 
 1. a user-given ``path`` (the benchmark's file, or a folder holding it);
 2. the shared benchmark folder: ``$EM_HF_BENCHMARKS`` when set, else the first ``shared/benchmarks``
-   found beside or above the current directory or the package's checkout (e.g. ``../shared/benchmarks``
-   from the repository root);
+   found beside or above the current directory or the package's checkout (a ``shared/benchmarks``
+   folder next to a source checkout);
 3. the Hugging Face Hub (``datasets.load_dataset(hub_id, ...)``; needs network, and its column names
    are mapped with the same tolerant field lookup).
 
@@ -63,8 +63,27 @@ class BenchmarkItem:
     ``task`` picks the grader: ``math`` (:func:`~em_hf.eval.grading.grade_math` against
     ``reference``), ``physics`` (:func:`~em_hf.eval.grading.grade_physics` against ``references``),
     ``code`` (:func:`~em_hf.eval.sandbox.run_code` of the completion's code block with ``tests``),
-    ``arithmetic`` (last integer equals ``reference``). ``prompt`` is the chat messages sent to the
-    model, ``question`` the raw problem text.
+    ``arithmetic`` (last integer equals ``reference``).
+
+    Parameters:
+        benchmark (`str`):
+            The registered benchmark name (``math500``, ``arithmetic``, ...).
+        id (`str`):
+            The item's id, unique within the benchmark (it keys resumable runs).
+        task (`str`):
+            One of :data:`TASKS`: ``math``, ``physics``, ``code`` or ``arithmetic``; it picks the grader.
+        question (`str`):
+            The raw problem text.
+        prompt (`list[dict[str, str]]`):
+            The chat messages sent to the model (the question in the benchmark's prompt template).
+        reference (`str`, *optional*):
+            The reference final answer (math, arithmetic).
+        references (`tuple[str, ...]`, *optional*, defaults to `()`):
+            The reference answers (physics; several for multiple-answer items).
+        tests (`str`, *optional*):
+            Python test code run after the completion's code block (code).
+        metadata (`dict[str, Any]`, *optional*, defaults to `{}`):
+            The other fields of the row (level, type, difficulty, ...); ``NAME:key=value`` filters on them.
     """
 
     benchmark: str
@@ -341,8 +360,27 @@ def load_benchmark(
     """Items of a registered benchmark (``NAME[:key=value,...]``, module docstring), in file order,
     filtered by the options, then the first ``limit`` of them.
 
-    ``path`` is the benchmark's file or a folder holding it (default: the sources in the module
-    docstring); ``template`` overrides the prompt template (a string containing ``{question}``).
+    Parameters:
+        spec (`str`):
+            ``NAME[:key=value,...]``: a registered name (:data:`BENCHMARKS`) and metadata filters, e.g.
+            ``"math500:level=1"``; for ``arithmetic``, ``n`` and ``seed`` size the generated set.
+        path (`str` or `os.PathLike`, *optional*):
+            The benchmark's file or a folder holding it; defaults to the sources in the module docstring.
+        limit (`int`, *optional*):
+            Keep the first ``limit`` items (after filtering); `None` keeps all.
+        template (`str`, *optional*):
+            Overrides the prompt template: a string containing ``{question}``.
+
+    Returns:
+        `list[BenchmarkItem]`
+
+    Examples:
+        >>> from em_hf.eval.benchmarks import load_benchmark
+        >>> items = load_benchmark("arithmetic:n=3")
+        >>> [(item.id, item.reference) for item in items], items[0].task
+        ([('arith-0-0', '27'), ('arith-0-1', '-24'), ('arith-0-2', '28')], 'arithmetic')
+        >>> items[0].prompt
+        [{'role': 'user', 'content': 'Compute 13 + 14. Reply with just the number.'}]
     """
     name, options = parse_benchmark(spec)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

@@ -96,8 +96,24 @@ def _final_answer(completion: str, strict: bool) -> str | None:
 def grade_math(completion: str, reference: str | float | int, strict: bool = False) -> bool:
     """True when the completion's final answer equals ``reference`` (module docstring).
 
-    ``reference`` may be a number (AMC stores floats: ``142.0`` matches ``142``). ``strict=True``
-    requires a ``\\boxed{}`` answer.
+    Parameters:
+        completion (`str`):
+            The model's text; its final answer is the last ``\\boxed{}`` content, else the last number.
+        reference (`str`, `float` or `int`):
+            The expected answer; a number may be given as such (AMC stores floats: ``142.0`` matches
+            ``142``).
+        strict (`bool`, *optional*, defaults to `False`):
+            Require a ``\\boxed{}`` answer (no fallback to the last number).
+
+    Returns:
+        `bool`
+
+    Examples:
+        >>> from em_hf.eval.grading import grade_math
+        >>> grade_math(r"so the answer is \\boxed{\\frac{1}{2}}", "0.5")
+        True
+        >>> grade_math("the answer is 142", 142.0), grade_math("the answer is 142", 142, strict=True)
+        (True, False)
     """
     if not isinstance(completion, str):
         raise TypeError(f"`completion` must be a string, got {type(completion).__name__}.")
@@ -151,6 +167,22 @@ def grade_physics(completion: str, references: str | Sequence[str], rel_tol: flo
     the parts of the reference box split at top-level commas). With one reference, the last box
     (else the last number) is the answer. With k references, the completion's boxes (each split at
     top-level commas) must match every reference, each by a different part, in any order.
+
+    Parameters:
+        completion (`str`):
+            The model's text.
+        references (`str` or `Sequence[str]`):
+            One reference answer, or the list of a multiple-answer item's answers.
+        rel_tol (`float`, *optional*, defaults to `0.01`):
+            Relative tolerance of numeric answers, in [0, 1).
+
+    Returns:
+        `bool`
+
+    Examples:
+        >>> from em_hf.eval.grading import grade_physics
+        >>> grade_physics(r"g = \\boxed{9.8}", "9.81"), grade_physics(r"\\boxed{2, 3}", ["3", "2"])
+        (True, True)
     """
     if not isinstance(completion, str):
         raise TypeError(f"`completion` must be a string, got {type(completion).__name__}.")

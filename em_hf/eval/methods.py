@@ -7,10 +7,11 @@ Accounting per item (what :class:`ItemResult` holds):
 - ``tokens``: generated tokens through the first EOS, summed over the item's trajectories/rounds;
 - ``prompt_tokens``: prompt tokens the model processed (padding excluded), summed likewise (refinement
   rounds re-read the growing conversation, so they count again);
-- ``flops = 2 * P * (prompt_tokens + tokens)`` (paper 1, appendix D.4: inference costs 2PD), P the
-  model's parameters (tied weights once). Not counted: padding and the steps a batch keeps running
-  after a row's EOS (implementation waste, not method cost), and the EM-INF / adaptive-temperature
-  logit work, O(n_steps * V) per token, under 0.5% of 2P per token for the default model;
+- ``flops = 2 * P * (prompt_tokens + tokens)`` (Unreasonable Effectiveness of EM, appendix D.4:
+  inference costs 2PD), P the model's parameters (tied weights once). Not counted: padding and the
+  steps a batch keeps running after a row's EOS (implementation waste, not method cost), and the
+  EM-INF / adaptive-temperature logit work, O(n_steps * V) per token, under 0.5% of 2P per token for
+  the default model;
 - ``seconds``: the item's share of its batches' wall time (batch time / rows), summed;
 - ``mean_entropy``: the model's own token entropy averaged over every generated token of the item
   (token-weighted over trajectories/rounds), recorded before any processor.
@@ -49,7 +50,32 @@ REFINE_INSTRUCTIONS = {
 
 @dataclass
 class ItemResult:
-    """One (benchmark, method, seed, item) outcome; one line of the run's JSONL."""
+    """One (benchmark, method, seed, item) outcome; one line of the run's JSONL.
+
+    Parameters:
+        benchmark, method, seed, item_id (`str`, `str`, `int`, `str`):
+            Which item, answered how: the benchmark label, the method's spec, the generation seed.
+        answer (`str` or `None`):
+            The graded trajectory's final answer (`None` for code).
+        reference (`str` or `None`):
+            The item's reference answer (physics: its references joined; code: `None`).
+        correct (`bool`):
+            Whether the graded trajectory is right.
+        status (`str`):
+            The grader's status (:class:`~em_hf.eval.scoring.Grade`).
+        tokens, prompt_tokens (`int`):
+            Generated and prompt tokens over all trajectories/rounds (module docstring).
+        seconds, flops (`float`):
+            Wall time share and 2 * P * (prompt_tokens + tokens).
+        mean_entropy (`float`):
+            The model's token entropy averaged over every generated token of the item (nats).
+        trajectories (`int`):
+            Trajectories (``-sc``) or rounds (``-refine``); 1 otherwise.
+        completion (`str`):
+            The graded completion's text.
+        answers (`list[str | None]`, *optional*, defaults to `[]`):
+            Every trajectory's final answer (self-consistency's votes).
+    """
 
     benchmark: str
     method: str
@@ -139,6 +165,37 @@ def run_items(
     rounds; round r > 1 sends the conversation [question, previous answer, instruction to check and
     improve it] and the last round is graded. ``torch.manual_seed(seed)`` is set before each
     ``generate`` batch sequence (see :func:`~em_hf.generation.batched.generate_completions`).
+
+    Parameters:
+        model, tokenizer, max_new_tokens:
+            As in :func:`~em_hf.generation.batched.generate_completions` (``max_new_tokens`` defaults to
+            256 here).
+        items (`Sequence[BenchmarkItem]`):
+            The items (:func:`~em_hf.eval.benchmarks.load_benchmark`).
+        method (`DecodingMethod`):
+            The decoding method (:func:`~em_hf.generation.decoding.parse_method`), strategy included.
+        seed (`int`, *optional*, defaults to `0`):
+            The generation seed.
+        batch_size (`int`, *optional*, defaults to `16`):
+            Prompts per ``generate`` call (trajectories count as prompts).
+        code_timeout_s (`float`, *optional*, defaults to `10.0`):
+            The sandbox's time limit per code item (:func:`~em_hf.eval.sandbox.run_code`).
+        num_parameters (`int`, *optional*):
+            P of the FLOPs count; defaults to ``model.num_parameters()`` (tied weights once).
+
+    Returns:
+        `list[ItemResult]`
+
+    Examples:
+        >>> from em_hf.eval.benchmarks import load_benchmark
+        >>> from em_hf.eval.methods import run_items
+        >>> from em_hf.generation.decoding import parse_method
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> model, tokenizer = tiny_llama_and_tokenizer()
+        >>> items = load_benchmark("arithmetic:n=2")
+        >>> results = run_items(model, tokenizer, items, parse_method("sc:3"), max_new_tokens=2)
+        >>> [(r.item_id, r.trajectories, r.tokens, r.correct) for r in results]
+        [('arith-0-0', 3, 6, False), ('arith-0-1', 3, 6, False)]
     """
     if not items:
         raise ValueError("`items` is empty: nothing to evaluate.")

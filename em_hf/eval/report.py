@@ -1,6 +1,6 @@
 """Per-method summaries of a run: accuracy with a 95% interval, cost (tokens, time, FLOPs), and
-whether confidence tracks correctness; rendered as markdown tables (paper 1, Table 3 layout) and an
-accuracy-vs-FLOPs plot (paper 1, Figure 1).
+whether confidence tracks correctness; rendered as markdown tables (Unreasonable Effectiveness of EM,
+Table 3 layout) and an accuracy-vs-FLOPs plot (its Figure 1).
 
 - Accuracy: the mean over every (item, seed) record. Interval: the Wilson score interval
   (z = 1.96) with n = the number of ITEMS. With several seeds the per-item accuracies are averages in
@@ -107,7 +107,26 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
 @dataclass(frozen=True)
 class MethodSummary:
     """One (benchmark, method) row: accuracy over items x seeds with its Wilson interval, and per-item
-    means of generated tokens, seconds, FLOPs and token entropy; AUROC of -entropy for correctness."""
+    means of generated tokens, seconds, FLOPs and token entropy; AUROC of -entropy for correctness.
+
+    Parameters:
+        benchmark, method (`str`):
+            The row's benchmark label and method spec.
+        n_items, n_seeds (`int`):
+            Distinct items and seeds in the row's records.
+        accuracy (`float`):
+            Mean correctness over every (item, seed) record.
+        ci_low, ci_high (`float`):
+            The 95% Wilson score interval of ``accuracy`` (:func:`wilson_interval`).
+        tokens, seconds, flops, mean_entropy (`float`):
+            Per-item means of the records' fields (:class:`~em_hf.eval.methods.ItemResult`).
+        auroc (`float` or `None`):
+            AUROC of -mean_entropy for correctness (:func:`auroc`); `None` when all or none are correct.
+        accuracy_std (`float`, *optional*, defaults to `0.0`):
+            Standard deviation over seeds of the per-seed accuracy (0 for one seed).
+        tokens_per_s (`float`, *optional*, defaults to `0.0`):
+            Generated tokens / generation seconds, over all records.
+    """
 
     benchmark: str
     method: str
@@ -145,7 +164,25 @@ def _pass_at_seeds(rows: Sequence[dict]) -> float | None:
 
 
 def summarize(records: Iterable[dict]) -> list[MethodSummary]:
-    """One :class:`MethodSummary` per (benchmark, method), in order of first appearance."""
+    """One :class:`MethodSummary` per (benchmark, method), in order of first appearance.
+
+    Parameters:
+        records (`Iterable[dict]`):
+            :class:`~em_hf.eval.methods.ItemResult` dicts (``to_dict()``, or the lines of ``items.jsonl``).
+
+    Returns:
+        `list[MethodSummary]`
+
+    Examples:
+        >>> from em_hf.eval.report import summarize
+        >>> def record(item, correct, entropy):
+        ...     return {"benchmark": "arithmetic", "method": "greedy", "seed": 0, "item_id": item,
+        ...             "correct": correct, "tokens": 4, "seconds": 0.5, "flops": 1e9,
+        ...             "mean_entropy": entropy}
+        >>> [row] = summarize([record("a", True, 0.2), record("b", False, 0.9), record("c", True, 0.4)])
+        >>> row.n_items, round(row.accuracy, 3), (round(row.ci_low, 3), round(row.ci_high, 3)), row.auroc
+        (3, 0.667, (0.208, 0.939), 1.0)
+    """
     groups: dict[tuple[str, str], list[dict]] = {}
     for record in records:
         groups.setdefault((record["benchmark"], record["method"]), []).append(record)
@@ -187,9 +224,9 @@ def _methods_and_benchmarks(summaries: Sequence[MethodSummary]) -> tuple[list[st
 
 
 def format_table(summaries: Sequence[MethodSummary], not_applicable: Iterable[tuple[str, str]] = ()) -> str:
-    """Paper 1, Table 3 layout: one row per method, accuracy (%) per benchmark, and their average
-    when there are several benchmarks. ``–`` marks (benchmark, method) pairs that do not apply
-    (self-consistency on code) or were not run."""
+    """Unreasonable Effectiveness of EM, Table 3 layout: one row per method, accuracy (%) per
+    benchmark, and their average when there are several benchmarks. ``–`` marks (benchmark, method)
+    pairs that do not apply (self-consistency on code) or were not run."""
     methods, benchmarks = _methods_and_benchmarks(summaries)
     for benchmark, method in not_applicable:
         if method not in methods:
@@ -250,7 +287,8 @@ def format_seed_table(summaries: Sequence[MethodSummary]) -> str:
 
 def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: str | Path, title: str = "") -> Path:
     """Accuracy (with the 95% interval) against FLOPs per item, one panel per benchmark and one
-    marker per method (paper 1, Figure 1); saved to ``path`` (PNG/SVG/PDF by its suffix)."""
+    marker per method (Unreasonable Effectiveness of EM, Figure 1); saved to ``path`` (PNG/SVG/PDF by
+    its suffix)."""
     try:
         import matplotlib
 

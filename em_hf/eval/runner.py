@@ -83,8 +83,20 @@ def _key(record: dict) -> tuple[str, str, int, str]:
 
 @dataclass
 class EvalRun:
-    """What :func:`evaluate` returns: all records of the folder (old and new), the per-method
-    summaries, the skipped (benchmark, method) pairs and the paths written."""
+    """What :func:`evaluate` returns.
+
+    Parameters:
+        records (`list[dict]`):
+            All records of the folder's ``items.jsonl``, old and new.
+        summaries (`list[MethodSummary]`):
+            One per (benchmark, method) (:func:`~em_hf.eval.report.summarize`).
+        not_applicable (`list[tuple[str, str]]`, *optional*, defaults to `[]`):
+            The (benchmark, method) pairs skipped (self-consistency on code).
+        table_path, plot_path (`Path`, *optional*):
+            The ``table.md`` and the accuracy-vs-FLOPs plot written (`None` when not written).
+        seconds (`float`, *optional*, defaults to `0.0`):
+            Wall time of the call.
+    """
 
     records: list[dict]
     summaries: list
@@ -129,6 +141,29 @@ def evaluate(
     ``benchmarks`` maps a benchmark label to its items (:func:`~em_hf.eval.benchmarks.load_benchmark`).
     Items are generated in chunks of ``batch_size`` prompts (self-consistency: ``batch_size // n``
     items, n trajectories each); each chunk is written as soon as it is graded.
+
+    Parameters:
+        model, tokenizer, max_new_tokens, batch_size, code_timeout_s:
+            As in :func:`~em_hf.eval.methods.run_items`.
+        benchmarks (`dict[str, Sequence[BenchmarkItem]]`):
+            Benchmark label -> items.
+        methods (`Sequence[str | DecodingMethod]`):
+            Decoding methods, as specs (``"greedy"``, ``"em-inf:t=0.1"``, ...) or parsed.
+        out_dir (`str` or `Path`):
+            The run folder (``items.jsonl``, ``config.json``, ``table.md``, the plot). A folder holding a
+            run with the same settings is resumed: finished (benchmark, method, seed, item) records are
+            kept, not recomputed; other settings raise ``ValueError``.
+        seeds (`Sequence[int]`, *optional*, defaults to `(0,)`):
+            Generation seeds; every method runs once per seed.
+        model_name (`str`, *optional*, defaults to `""`):
+            Recorded in ``config.json`` (a resumed run must match it).
+        progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar.
+        plot (`bool`, *optional*, defaults to `True`):
+            Write the accuracy-vs-FLOPs plot (needs matplotlib).
+
+    Returns:
+        :class:`EvalRun`
     """
     if not benchmarks or any(len(items) == 0 for items in benchmarks.values()):
         raise ValueError("`benchmarks` must map each benchmark name to a non-empty list of items.")

@@ -116,11 +116,16 @@ _SYNTAX_ERROR_EXIT = 3
 class CodeResult:
     """Outcome of :func:`run_code`.
 
-    ``status``: ``"passed"`` (exit 0), ``"failed"`` (the program ran and ended with an error: a
-    failed assertion, an exception, a denied operation, MemoryError, killed by a resource limit),
-    ``"timeout"`` (wall-clock limit reached; the process group was killed) or ``"error"`` (nothing to
-    run: no code, or code that does not compile). ``detail`` is the last line of the program's
-    stderr (or the reason), ``seconds`` the wall time.
+    Parameters:
+        status (`str`):
+            ``"passed"`` (exit 0), ``"failed"`` (the program ran and ended with an error: a failed
+            assertion, an exception, a denied operation, MemoryError, killed by a resource limit),
+            ``"timeout"`` (wall-clock limit reached; the process group was killed) or ``"error"``
+            (nothing to run: no code, or code that does not compile).
+        detail (`str`, *optional*, defaults to `""`):
+            The last line of the program's stderr, or the reason.
+        seconds (`float`, *optional*, defaults to `0.0`):
+            The wall time.
     """
 
     status: str
@@ -213,17 +218,36 @@ def run_code(
 ) -> CodeResult:
     """Run ``prelude + code + tests`` in the sandbox described in the module docstring.
 
-    Args:
-        code: the candidate program (e.g. :func:`extract_code` of a completion); None or blank
-            gives status ``"error"``.
-        tests: Python appended after the code (LeetCode items: ``assert`` statements on
-            ``Solution()``); the run passes when the program exits with status 0.
-        timeout_s: wall-clock limit in seconds (> 0); the CPU limit is set just above it.
-        memory_mb: address-space limit of the child (``RLIMIT_AS``), in MiB.
-        max_processes: ``RLIMIT_NPROC`` of the child (a second line behind the fork ban).
-        max_file_mb: largest file the child may write (``RLIMIT_FSIZE``).
-        prelude: source put before the code (default: the usual LeetCode imports).
-        namespaces: use ``unshare`` user/net/PID namespaces; None: when available.
+    Parameters:
+        code (`str` or `None`):
+            The candidate program (e.g. :func:`extract_code` of a completion); `None` or blank gives
+            status ``"error"``.
+        tests (`str`):
+            Python appended after the code (LeetCode items: ``assert`` statements on ``Solution()``); the
+            run passes when the program exits with status 0.
+        timeout_s (`float`, *optional*, defaults to `10.0`):
+            Wall-clock limit in seconds (> 0); the CPU limit is set just above it.
+        memory_mb (`int`, *optional*, defaults to `1024`):
+            Address-space limit of the child (``RLIMIT_AS``), in MiB (>= 64).
+        max_processes (`int`, *optional*, defaults to `64`):
+            ``RLIMIT_NPROC`` of the child (a second line behind the fork ban).
+        max_file_mb (`int`, *optional*, defaults to `16`):
+            Largest file the child may write (``RLIMIT_FSIZE``), in MiB.
+        prelude (`str`, *optional*, defaults to `LEETCODE_PRELUDE`):
+            Source put before the code (the usual LeetCode imports).
+        namespaces (`bool`, *optional*):
+            Use ``unshare`` user/net/PID namespaces; `None` uses them when available.
+
+    Returns:
+        :class:`CodeResult`
+
+    Examples:
+        >>> from em_hf.eval.sandbox import run_code
+        >>> run_code("def add(a, b): return a + b", "assert add(2, 3) == 5").status
+        'passed'
+        >>> result = run_code("def add(a, b): return a - b", "assert add(2, 3) == 5")
+        >>> result.status, result.detail
+        ('failed', 'AssertionError')
     """
     if not isinstance(tests, str):
         raise TypeError(f"`tests` must be a string of Python source, got {type(tests).__name__}.")

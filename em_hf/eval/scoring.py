@@ -15,8 +15,17 @@ __all__ = ["Grade", "final_answer", "grade_item"]
 
 @dataclass(frozen=True)
 class Grade:
-    """``answer``: the extracted final answer (code: None); ``status``: ``"correct"``/``"wrong"``
-    for answers, the :class:`~em_hf.eval.sandbox.CodeResult` status for code."""
+    """What :func:`grade_item` found.
+
+    Parameters:
+        correct (`bool`):
+            Whether the completion is right.
+        answer (`str` or `None`):
+            The extracted final answer (`None` for code, or when there is none).
+        status (`str`):
+            ``"correct"``/``"wrong"`` for answers, the :class:`~em_hf.eval.sandbox.CodeResult` status for
+            code.
+    """
 
     correct: bool
     answer: str | None
@@ -38,7 +47,23 @@ def final_answer(item: BenchmarkItem, completion: str) -> str | None:
 
 
 def grade_item(item: BenchmarkItem, completion: str, code_timeout_s: float = 10.0) -> Grade:
-    """Grade ``completion`` with the item's grader (see :class:`~em_hf.eval.benchmarks.BenchmarkItem`)."""
+    """Grade ``completion`` with the item's grader (see :class:`~em_hf.eval.benchmarks.BenchmarkItem`).
+
+    Parameters:
+        item (`BenchmarkItem`):
+            The item; its ``task`` picks the grader.
+        completion (`str`):
+            The model's text.
+        code_timeout_s (`float`, *optional*, defaults to `10.0`):
+            ``timeout_s`` of :func:`~em_hf.eval.sandbox.run_code` for code items.
+
+    Examples:
+        >>> from em_hf.eval.benchmarks import load_benchmark
+        >>> from em_hf.eval.scoring import grade_item
+        >>> item = load_benchmark("arithmetic:n=1")[0]  # Compute 13 + 14.
+        >>> grade_item(item, "13 + 14 = 27")
+        Grade(correct=True, answer='27', status='correct')
+    """
     if item.task == "code":
         if item.tests is None:
             raise ValueError(f"Code item {item.id} of {item.benchmark!r} has no tests.")

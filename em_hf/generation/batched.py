@@ -19,10 +19,21 @@ __all__ = ["Completion", "generate_completions"]
 
 @dataclass(frozen=True)
 class Completion:
-    """One generated answer: its text, its number of generated tokens (through the first EOS), the
-    mean over those tokens of the model's entropy H(softmax(z_t)) (nats), the number of prompt tokens
-    the model processed for it (padding excluded) and its share of the batch's wall time (the batch
-    time divided by the rows of the batch; not part of equality, which compares the outputs)."""
+    """One generated answer and what it cost.
+
+    Parameters:
+        text (`str`):
+            The decoded new tokens (special tokens skipped).
+        num_tokens (`int`):
+            Generated tokens through the first EOS.
+        mean_entropy (`float`):
+            Mean over those tokens of the model's entropy H(softmax(z_t)), in nats.
+        prompt_tokens (`int`, *optional*, defaults to `0`):
+            Prompt tokens the model processed for it (padding excluded).
+        seconds (`float`, *optional*, defaults to `0.0`):
+            Its share of the batch's wall time (the batch time divided by the rows of the batch); not part
+            of equality, which compares the outputs.
+    """
 
     text: str
     num_tokens: int
@@ -47,6 +58,40 @@ def generate_completions(
     chat messages through the chat template) and left-padded in batches of ``batch_size``;
     ``torch.manual_seed(seed)`` is set once before the first batch, so a run is reproducible for a
     given batch size.
+
+    Parameters:
+        model (`PreTrainedModel`):
+            A causal LM.
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer; it needs a pad token.
+        prompts (`Sequence[str | list[dict]]`):
+            Strings or chat messages.
+        method (`DecodingMethod`):
+            Sampling settings and logits processors (:func:`~em_hf.generation.decoding.parse_method`);
+            one trajectory per prompt whatever its strategy (voting and refinement are the harness's).
+        max_new_tokens (`int`, *optional*, defaults to `64`):
+            Maximum new tokens per completion.
+        batch_size (`int`, *optional*, defaults to `32`):
+            Prompts per ``generate`` call.
+        seed (`int`, *optional*, defaults to `0`):
+            ``torch.manual_seed`` before the first batch.
+        progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar over the batches.
+
+    Returns:
+        `tuple[list[Completion], float]`: one :class:`Completion` per prompt, in order, and the wall time.
+
+    Examples:
+        >>> from em_hf.generation.batched import generate_completions
+        >>> from em_hf.generation.decoding import parse_method
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> model, tokenizer = tiny_llama_and_tokenizer()
+        >>> prompts = ["Compute 1 + 2 =", [{"role": "user", "content": "2 + 2 ="}]]
+        >>> completions, seconds = generate_completions(
+        ...     model, tokenizer, prompts, parse_method("greedy"), max_new_tokens=3, progress=False
+        ... )
+        >>> [(c.text, c.num_tokens, round(c.mean_entropy, 2), c.prompt_tokens) for c in completions]
+        [('assistant = assistant', 3, 2.89, 5), ('= assistant =', 3, 2.89, 6)]
     """
     if len(prompts) == 0:
         raise ValueError("`prompts` is empty: nothing to generate.")

@@ -11,7 +11,7 @@ refinement); every other key goes to the method's processor
 for ``adaptive``).
 
 Names: a BASE decoding (``greedy``, ``sample``, ``adaptive``, ``em-inf``), optionally followed by a
-STRATEGY suffix (paper 1, section 4 and appendix C.1):
+STRATEGY suffix (Unreasonable Effectiveness of EM, sec. 4 and appendix C.1):
 
 - ``-sc``: self-consistency, ``n`` sampled trajectories per prompt (default 4), majority vote over their
   extracted final answers. ``sc`` alone means ``sample-sc``; ``greedy-sc`` is rejected (n identical
@@ -62,9 +62,36 @@ def _split_kind(kind: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class DecodingMethod:
-    """One decoding method: ``kind`` (see :data:`KINDS` and the module docstring), sampling settings,
-    the keyword arguments of the method's logits processor, and ``n`` (trajectories for ``-sc``,
-    rounds for ``-refine``; 0 means the strategy's default, 1 for single-trajectory methods)."""
+    """One decoding method: ``kind``, sampling settings, the keyword arguments of the method's logits
+    processor, and ``n``. Usually built from its command-line form by :func:`parse_method`.
+
+    Parameters:
+        kind (`str`):
+            One of :data:`KINDS`: a base decoding (``greedy``, ``sample``, ``adaptive``, ``em-inf``),
+            optionally with a ``-sc`` or ``-refine`` strategy suffix (module docstring).
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature (``t``), applied by ``generate`` after the method's processors.
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling mass; 1.0 disables it.
+        top_k (`int`, *optional*, defaults to `0`):
+            Top-k filter; 0 disables it.
+        processor_kwargs (`dict[str, Any]`, *optional*, defaults to `{}`):
+            Keyword arguments of the method's processor (:class:`~em_hf.EntropyMinLogitsProcessor` for
+            ``em-inf``, :class:`~em_hf.AdaptiveTemperatureLogitsWarper` for ``adaptive``); checked here.
+        label (`str`, *optional*, defaults to `""`):
+            The display name (:attr:`name`); :func:`parse_method` sets the spec it parsed.
+        n (`int`, *optional*, defaults to `0`):
+            Trajectories for ``-sc``, rounds for ``-refine``; 0 means the strategy's default (4 and 3),
+            single-trajectory methods take 0 or 1.
+
+    Examples:
+        >>> from em_hf.generation.decoding import DecodingMethod
+        >>> method = DecodingMethod("adaptive-sc", temperature=0.5, processor_kwargs={"alpha": 0.5})
+        >>> method.base, method.strategy, method.num_trajectories
+        ('adaptive', 'sc', 4)
+        >>> method.logits_processors()
+        [AdaptiveTemperatureLogitsWarper(alpha=0.5, ...)]
+    """
 
     kind: str
     temperature: float = 1.0
@@ -147,7 +174,28 @@ def parse_method(spec: str) -> DecodingMethod:
     """Parse ``NAME[:key=value,...]`` (see the module docstring) into a :class:`DecodingMethod`.
 
     For ``-sc``/``-refine`` methods the first option may be a bare integer, read as ``n``
-    (``sc:4`` = ``sc:n=4``)."""
+    (``sc:4`` = ``sc:n=4``).
+
+    Parameters:
+        spec (`str`):
+            The method, e.g. ``"greedy"``, ``"sample:t=0.1"``, ``"em-inf-sc:4,t=0.5,n_steps=5"``. Keys
+            ``t``, ``top_p``, ``top_k`` and ``n`` are the method's; every other key goes to its processor.
+
+    Returns:
+        `DecodingMethod`; ``ValueError`` for an unknown name or option.
+
+    Examples:
+        >>> from em_hf.generation.decoding import parse_method
+        >>> method = parse_method("em-inf-sc:4,t=0.5,n_steps=5")
+        >>> method.base, method.strategy, method.num_trajectories
+        ('em-inf', 'sc', 4)
+        >>> method.generation_kwargs()
+        {'do_sample': True, 'temperature': 0.5, 'top_p': 1.0, 'top_k': 0}
+        >>> method.logits_processors()
+        [EntropyMinLogitsProcessor(threshold=0.3, n_steps=5, lr=0.1, kl_weight=0.001, optimizer='adam')]
+        >>> parse_method("greedy").generation_kwargs()
+        {'do_sample': False}
+    """
     kind, _, options = spec.strip().partition(":")
     kind = kind.strip().lower().replace("_", "-")
     if kind not in KINDS and kind != "greedy-sc":

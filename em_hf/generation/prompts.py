@@ -48,7 +48,27 @@ def is_conversational(prompt: Any) -> bool:
 def render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
     """Token ids of one prompt (module docstring: strings as they are, messages through the chat
     template with the generation prompt). Raises ``ValueError`` for messages when the tokenizer has no
-    chat template and for a prompt that renders to zero tokens."""
+    chat template and for a prompt that renders to zero tokens.
+
+    Parameters:
+        tokenizer (`PreTrainedTokenizerBase`):
+            The model's tokenizer (a chat template is needed for conversational prompts only).
+        prompt (`str` or `list[dict]`):
+            A standard (string) or conversational (chat messages) prompt.
+
+    Returns:
+        `list[int]`: the token ids the model reads.
+
+    Examples:
+        >>> from em_hf.generation.prompts import render_prompt
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> _, tokenizer = tiny_llama_and_tokenizer()
+        >>> render_prompt(tokenizer, "2 + 2 =")  # a string: no chat template
+        [4, 12, 4, 13]
+        >>> ids = render_prompt(tokenizer, [{"role": "user", "content": "2 + 2 ="}])
+        >>> tokenizer.decode(ids)  # the tiny tokenizer's template: "<role> <content> ... assistant"
+        'user 2 + 2 = assistant'
+    """
     if is_conversational(prompt):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(

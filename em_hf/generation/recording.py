@@ -20,6 +20,23 @@ class TokenEntropyRecorder(LogitsProcessor):
     EM-INF and before the sampling warpers). After ``generate``, ``entropies`` is a
     ``[batch, new_tokens]`` float32 tensor; combine it with :func:`completion_mask` to average over
     real generated tokens only. Call :meth:`reset` (or make a new recorder) before each ``generate``.
+
+    The recorder takes no arguments.
+
+    Examples:
+        A tiny random model is almost uniform over its 18 tokens, so every entropy is about log(18):
+
+        >>> from em_hf import TokenEntropyRecorder
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> model, tokenizer = tiny_llama_and_tokenizer()
+        >>> inputs = tokenizer(["Compute 1 + 2 =", "2 + 2 ="], return_tensors="pt", padding=True)
+        >>> recorder = TokenEntropyRecorder()
+        >>> output = model.generate(
+        ...     **inputs, logits_processor=[recorder], max_new_tokens=3, do_sample=False, pad_token_id=1
+        ... )
+        >>> recorder.entropies.round(decimals=2)  # [batch, new_tokens], nats
+        tensor([[2.8900, 2.8900, 2.8900],
+                [2.8900, 2.8900, 2.8900]])
     """
 
     def __init__(self) -> None:
@@ -43,8 +60,22 @@ class TokenEntropyRecorder(LogitsProcessor):
 def completion_mask(completion_ids: torch.Tensor, eos_token_ids: int | Iterable[int] | None) -> torch.Tensor:
     """1 for generated tokens up to and including the first EOS of each row, 0 after it.
 
-    ``completion_ids`` is the ``[batch, new_tokens]`` part of ``generate``'s output after the prompt
-    (what ``generate`` pads a finished row with is excluded because it comes after the EOS).
+    Parameters:
+        completion_ids (`torch.Tensor` of shape `[batch, new_tokens]`):
+            The part of ``generate``'s output after the prompt (what ``generate`` pads a finished row
+            with is excluded because it comes after the EOS).
+        eos_token_ids (`int`, `Iterable[int]` or `None`):
+            The EOS id(s); `None` keeps every token.
+
+    Returns:
+        `torch.LongTensor` of the shape of ``completion_ids``.
+
+    Examples:
+        >>> import torch
+        >>> from em_hf.generation.recording import completion_mask
+        >>> completion_mask(torch.tensor([[5, 1, 1], [5, 6, 7]]), eos_token_ids=1)
+        tensor([[1, 1, 0],
+                [1, 1, 1]])
     """
     if eos_token_ids is None:
         return torch.ones_like(completion_ids, dtype=torch.long)

@@ -1,10 +1,10 @@
 """Evaluate a benchmark during training and keep the best weights.
 
-One-shot EM's accuracy peaks near step 10 while its loss keeps falling (paper 2, sec. 3), and EM-FT is
-early-stopped on a validation set (paper 1, sec. 3.3): the training loss cannot pick the checkpoint, a
-benchmark must. :class:`BenchmarkEarlyStoppingCallback` runs a user-given ``evaluate(model, tokenizer)``
-every ``eval_steps`` optimizer steps, logs the score, saves the best model and can stop early or restore the
-best weights at the end. :func:`em_hf.eval.arithmetic_evaluator` and
+One-shot EM's accuracy peaks near step 10 while its loss keeps falling (One-shot EM, sec. 3), and EM-FT
+is early-stopped on a validation set (Unreasonable Effectiveness of EM, sec. 3.3): the training loss
+cannot pick the checkpoint, a benchmark must. :class:`BenchmarkEarlyStoppingCallback` runs a user-given
+``evaluate(model, tokenizer)`` every ``eval_steps`` optimizer steps, logs the score, saves the best model
+and can stop early or restore the best weights at the end. :func:`em_hf.eval.arithmetic_evaluator` and
 :func:`em_hf.eval.benchmark_evaluator` build such an ``evaluate`` on the evaluation harness.
 """
 
@@ -28,6 +28,18 @@ Evaluate = Callable[[Any, Any], float | Mapping[str, float]]
 
 @dataclass(frozen=True)
 class BenchmarkRecord:
+    """One evaluation of :class:`BenchmarkEarlyStoppingCallback` (its ``history`` and ``best``).
+
+    Parameters:
+        step (`int`):
+            The optimizer step (``trainer.state.global_step``) after which the model was scored; 0 is the
+            model before training.
+        value (`float`):
+            The deciding metric (the callback's ``metric``).
+        metrics (`dict[str, float]`):
+            Everything ``evaluate`` returned (``{metric: value}`` when it returned a number).
+    """
+
     step: int
     value: float
     metrics: dict[str, float]
@@ -36,22 +48,51 @@ class BenchmarkRecord:
 class BenchmarkEarlyStoppingCallback(TrainerCallback):
     """Every ``eval_steps`` optimizer steps: ``score = evaluate(model, tokenizer)``; keep the best.
 
-    Args:
-        evaluate: ``evaluate(model, tokenizer) -> float`` or a dict of metrics (``metric`` names the one
-            that decides). It is called in eval mode under ``torch.no_grad()``, on every process (make it
-            deterministic, e.g. greedy or seeded sampling, so that the processes agree).
-        eval_steps: evaluate every this many optimizer steps.
-        metric: the key of the deciding metric when ``evaluate`` returns a dict.
-        greater_is_better: accuracy-like (True) or loss-like (False).
-        patience: stop training after this many evaluations without improvement (None: never stop).
-        evaluate_at_start: score the model before the first step (step 0: the base model).
-        save_best: save the best model (``save_pretrained``; adapters only for PEFT) and the tokenizer into
-            ``best_dir`` (default ``<output_dir>/best_checkpoint``) on the main process.
-        restore_best_at_end: copy the best trainable weights back into the model when training ends (kept
-            in CPU memory: the trainable parameters only, i.e. the adapters for PEFT).
+    Parameters:
+        evaluate (`Callable[[model, tokenizer], float | Mapping[str, float]]`):
+            Scores the model: a number, or a dict of metrics of which ``metric`` decides. It is called in
+            eval mode under ``torch.no_grad()``, on every process (make it deterministic, e.g. greedy or
+            seeded sampling, so that the processes agree). :func:`em_hf.eval.arithmetic_evaluator` and
+            :func:`em_hf.eval.benchmark_evaluator` build one.
+        eval_steps (`int`, *optional*, defaults to `1`):
+            Evaluate every this many optimizer steps.
+        metric (`str`, *optional*, defaults to `"accuracy"`):
+            The key of the deciding metric when ``evaluate`` returns a dict (and the name it is logged
+            under when it returns a number).
+        greater_is_better (`bool`, *optional*, defaults to `True`):
+            Accuracy-like (`True`) or loss-like (`False`).
+        patience (`int`, *optional*):
+            Stop training after this many evaluations without improvement; `None` never stops.
+        evaluate_at_start (`bool`, *optional*, defaults to `True`):
+            Score the model before the first step (step 0: the base model).
+        save_best (`bool`, *optional*, defaults to `True`):
+            Save the best model (``save_pretrained``; the adapters only for PEFT) and the tokenizer into
+            ``best_dir``, on the main process.
+        restore_best_at_end (`bool`, *optional*, defaults to `False`):
+            Copy the best trainable weights back into the model when training ends (they are kept in CPU
+            memory: the trainable parameters only, i.e. the adapters for PEFT).
+        best_dir (`str` or `os.PathLike`, *optional*):
+            Where ``save_best`` writes; defaults to ``<output_dir>/best_checkpoint``.
 
-    After training, ``history`` lists every evaluation, ``best`` the best one. Each evaluation is also
-    appended to ``trainer.state.log_history`` as ``{"step": ..., "benchmark/<metric>": ...}``.
+    After training, ``history`` lists every evaluation and ``best`` the best one
+    (:class:`BenchmarkRecord`). Each evaluation is also appended to ``trainer.state.log_history`` as
+    ``{"step": ..., "benchmark/<metric>": ...}``.
+
+    Examples:
+        ``trainer = EntropyMinTrainer(..., callbacks=[callback])`` then calls it; here it is driven by
+        hand with a stand-in ``evaluate`` that returns a fixed score:
+
+        >>> from types import SimpleNamespace
+        >>> from em_hf import BenchmarkEarlyStoppingCallback
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> model, tokenizer = tiny_llama_and_tokenizer()
+        >>> callback = BenchmarkEarlyStoppingCallback(lambda model, tokenizer: 0.5, save_best=False)
+        >>> state = SimpleNamespace(global_step=0, log_history=[], is_world_process_zero=True)
+        >>> callback.on_train_begin(None, state, None, model=model, processing_class=tokenizer)
+        >>> callback.best
+        BenchmarkRecord(step=0, value=0.5, metrics={'accuracy': 0.5})
+        >>> state.log_history
+        [{'step': 0, 'benchmark/accuracy': 0.5}]
     """
 
     def __init__(

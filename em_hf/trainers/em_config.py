@@ -22,18 +22,89 @@ class EntropyMinConfig(TrainingArguments):
 
         L = mean over generated tokens t of  H(softmax(z_t / T_H))  [+ beta * KL_t(pi_theta || pi_ref)]
 
-    (paper 1 sec. 3.1, EM-FT; paper 2 sec. 2.1, one-shot EM), ``T_H = entropy_temperature``. Field names
-    follow trl's ``GRPOConfig`` where the meaning is the same (``num_generations``, ``max_completion_length``,
-    ``temperature``, ``top_p``, ``top_k``, ``repetition_penalty``, ``generation_kwargs``, ``beta``,
-    ``model_init_kwargs``, ``shuffle_dataset``) and, as there, ``per_device_train_batch_size`` counts
-    completions: a micro-batch holds ``per_device_train_batch_size`` (prompt, completion) rows, each prompt
-    repeated ``num_generations`` times in a row (trl's ``RepeatSampler``). Unlike GRPO the loss needs no
-    groups, so the batch size need not be a multiple of ``num_generations``.
+    (Unreasonable Effectiveness of EM, sec. 3.1, EM-FT; One-shot EM, sec. 2.1), ``T_H =
+    entropy_temperature``. Field names follow trl's ``GRPOConfig`` where the meaning is the same
+    (``num_generations``, ``max_completion_length``, ``temperature``, ``top_p``, ``top_k``,
+    ``repetition_penalty``, ``generation_kwargs``, ``beta``, ``model_init_kwargs``, ``shuffle_dataset``)
+    and, as there, ``per_device_train_batch_size`` counts completions: a micro-batch holds
+    ``per_device_train_batch_size`` (prompt, completion) rows, each prompt repeated ``num_generations``
+    times in a row (trl's ``RepeatSampler``). Unlike GRPO the loss needs no groups, so the batch size
+    need not be a multiple of ``num_generations``.
 
     Presets with the papers' hyperparameters: :meth:`one_shot` and :meth:`em_ft`.
+
+    Only the fields below are this class's (or get another default here); every other field
+    (``output_dir``, ``max_steps``, ``per_device_train_batch_size``, ``gradient_accumulation_steps``,
+    ``use_cpu``, ``report_to``, ...) is ``transformers.TrainingArguments``' with its meaning and default.
+
+    Parameters:
+        > Fields of ``TrainingArguments`` with another default
+
+        learning_rate (`float`, *optional*, defaults to `1e-6`):
+            AdamW learning rate; 1e-6 is EM-FT's (Unreasonable Effectiveness of EM, sec. 3.3).
+        logging_steps (`float`, *optional*, defaults to `1`):
+            Log every this many optimizer steps (EM runs are short: tens of steps).
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Kept `False`: the trainer reads the raw ``prompt`` column, not model inputs.
+
+        > Model loading
+
+        model_init_kwargs (`dict[str, Any]`, *optional*):
+            Keyword arguments for :func:`em_hf.load_model` when the trainer's ``model`` is a string.
+
+        > Generation (the rollouts the entropy is measured on)
+
+        num_generations (`int`, *optional*, defaults to `1`):
+            Completions sampled per prompt. EM-FT samples N=1 (Unreasonable Effectiveness of EM, Table 2);
+            one-shot EM samples 64 of its single prompt (One-shot EM, Table 1).
+        max_prompt_length (`int` or `None`, *optional*, defaults to `512`):
+            Longer prompts are truncated from the LEFT (the end of a prompt, next to the answer, is kept),
+            with one warning. `None` disables truncation.
+        max_completion_length (`int`, *optional*, defaults to `256`):
+            Maximum new tokens per completion.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature of the rollouts (One-shot EM samples at 0.5). Also the temperature of the
+            reference log-probabilities in the KL term.
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling mass in (0, 1]; 1.0 disables it.
+        top_k (`int`, *optional*, defaults to `0`):
+            Top-k filtering of the rollouts; 0 disables it.
+        repetition_penalty (`float`, *optional*, defaults to `1.0`):
+            Repetition penalty of the rollouts; 1.0 disables it.
+        generation_kwargs (`dict[str, Any]`, *optional*):
+            Extra ``GenerationConfig`` fields for the rollouts; they override the fields above.
+        shuffle_dataset (`bool`, *optional*, defaults to `True`):
+            Shuffle the prompts every epoch (the order is a function of ``seed`` and the epoch, so a resumed
+            run sees the same order as an uninterrupted one).
+
+        > Loss
+
+        entropy_temperature (`float`, *optional*, defaults to `1.0`):
+            T_H inside the entropy H(softmax(z / T_H)). One-shot EM's code uses its sampling temperature
+            0.5 here too.
+        beta (`float`, *optional*, defaults to `0.0`):
+            Weight of KL(pi_theta || pi_ref) per completion token (the k3 estimator on the sampled tokens, as
+            in trl's GRPO). 0 (both papers' EM-FT and one-shot EM) needs no reference model; above 0 the
+            reference is a frozen copy of the initial model, or the adapter-free model under PEFT.
+        loss_normalization (`str`, *optional*, defaults to `"token_mean"`):
+            ``"token_mean"``: the mean over all completion tokens of the micro-batch (One-shot EM's code);
+            ``"sequence_sum"``: each sequence's summed token entropy, averaged over sequences (H_tok,
+            Unreasonable Effectiveness of EM, Table 1).
+        lm_head_chunk_size (`int`, *optional*):
+            Rows per chunk of the fused LM-head entropy (:func:`em_hf.ops.linear_entropy_loss`), which never
+            holds the full [rows, vocab] logits. `None`: about 3 * 2**24 / vocab rows.
+
+    Examples:
+        >>> from em_hf import EntropyMinConfig
+        >>> args = EntropyMinConfig.one_shot(output_dir="one-shot-em", report_to=[])
+        >>> args.num_generations, args.temperature, args.entropy_temperature, args.learning_rate
+        (64, 0.5, 0.5, 2e-05)
+        >>> args = EntropyMinConfig(output_dir="em-ft", max_completion_length=64, report_to=[])
+        >>> args.learning_rate, args.loss_normalization
+        (1e-06, 'token_mean')
     """
 
-    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (paper 1: 1e-6)."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (EM-FT: 1e-6)."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
     remove_unused_columns: bool | None = field(
         default=False,
@@ -46,7 +117,7 @@ class EntropyMinConfig(TrainingArguments):
 
     # Generation (the rollouts the entropy is measured on).
     num_generations: int = field(
-        default=1, metadata={"help": "Completions sampled per prompt (paper 1: N=1; one-shot EM: 64)."}
+        default=1, metadata={"help": "Completions sampled per prompt (EM-FT: N=1; one-shot EM: 64)."}
     )
     max_prompt_length: int | None = field(
         default=512,
@@ -81,8 +152,8 @@ class EntropyMinConfig(TrainingArguments):
     loss_normalization: str = field(
         default="token_mean",
         metadata={
-            "help": "'token_mean': mean over all completion tokens of the micro-batch (paper 2's code); "
-            "'sequence_sum': each sequence's token-entropy sum, averaged over sequences (paper 1's H_tok)."
+            "help": "'token_mean': mean over all completion tokens of the micro-batch (one-shot EM's code); "
+            "'sequence_sum': each sequence's token-entropy sum, averaged over sequences (EM-FT's H_tok)."
         },
     )
     lm_head_chunk_size: int | None = field(
@@ -119,27 +190,31 @@ class EntropyMinConfig(TrainingArguments):
 
     @classmethod
     def one_shot(cls, **overrides: Any) -> EntropyMinConfig:
-        """One-shot EM (paper 2, sec. 3.1 and Table 1): 64 samples of ONE prompt per step, sampling
+        """One-shot EM (One-shot EM, sec. 3.1 and Table 1): 64 samples of ONE prompt per step, sampling
         temperature 0.5 and the same 0.5 inside the entropy, top_p 0.95, AdamW with a constant learning rate
         2e-5, gradient clipping 1.0, max response length 2048, 10 steps.
 
         ``per_device_train_batch_size * gradient_accumulation_steps * processes`` should stay 64 when you
         shrink the micro-batch, e.g.
         ``one_shot(per_device_train_batch_size=8, gradient_accumulation_steps=8)``.
+
+        Parameters:
+            **overrides:
+                Any ``EntropyMinConfig`` field (e.g. ``output_dir``), applied on top of the preset.
         """
         values: dict[str, Any] = {
-            "num_generations": 64,  # paper 2, Table 1: batch size 64 (all of them samples of the one prompt)
+            "num_generations": 64,  # One-shot EM, Table 1: batch 64, all samples of the one prompt
             "per_device_train_batch_size": 64,
             "gradient_accumulation_steps": 1,
-            "temperature": 0.5,  # paper 2, Table 1
-            "entropy_temperature": 0.5,  # paper 2's code: softmax(logits / temperature) with the same 0.5
-            "top_p": 0.95,  # paper 2's code (SPEC.md, method 2)
-            "learning_rate": 2e-5,  # paper 2, sec. 3.1: constant 2e-5
+            "temperature": 0.5,  # One-shot EM, Table 1
+            "entropy_temperature": 0.5,  # One-shot EM's code: softmax(logits / temperature), the same 0.5
+            "top_p": 0.95,  # One-shot EM's released code
+            "learning_rate": 2e-5,  # One-shot EM, sec. 3.1: constant 2e-5
             "lr_scheduler_type": "constant",
             "warmup_steps": 0,
-            "max_grad_norm": 1.0,  # paper 2's code: gradient clipping 1.0
-            "max_completion_length": 2048,  # paper 2, Table 1: max response length
-            "max_steps": 10,  # paper 2, sec. 3.1: 10 steps (accuracy peaks near step 10)
+            "max_grad_norm": 1.0,  # One-shot EM's code: gradient clipping 1.0
+            "max_completion_length": 2048,  # One-shot EM, Table 1: max response length
+            "max_steps": 10,  # One-shot EM, sec. 3.1: 10 steps (accuracy peaks near step 10)
             "loss_normalization": "token_mean",
             "beta": 0.0,
         }
@@ -148,25 +223,29 @@ class EntropyMinConfig(TrainingArguments):
 
     @classmethod
     def em_ft(cls, **overrides: Any) -> EntropyMinConfig:
-        """EM-FT (paper 1, sec. 3.1 and sec. 3.3 "Training data, models, and methods"): N=1 completion per
-        prompt, batch 512, learning rate 1e-6, sequences of 4096 tokens (here 1024 prompt + 3072 completion),
-        the total token-level entropy per sequence (H_tok) averaged over sequences, no KL. The paper stops
-        early on a validation set (about 40 steps): use
+        """EM-FT (Unreasonable Effectiveness of EM, sec. 3.1 and sec. 3.3 "Training data, models, and
+        methods"): N=1 completion per prompt, batch 512, learning rate 1e-6, sequences of 4096 tokens
+        (here 1024 prompt + 3072 completion), the total token-level entropy per sequence (H_tok) averaged
+        over sequences, no KL. The paper stops early on a validation set (about 40 steps): use
         :class:`~em_hf.trainers.BenchmarkEarlyStoppingCallback`.
+
+        Parameters:
+            **overrides:
+                Any ``EntropyMinConfig`` field (e.g. ``output_dir``), applied on top of the preset.
 
         The batch of 512 is ``per_device_train_batch_size (8) * gradient_accumulation_steps (64)`` on one
         process; divide the accumulation by the number of processes.
         """
         values: dict[str, Any] = {
-            "num_generations": 1,  # paper 1, Table 2: EM-FT N=1
+            "num_generations": 1,  # Unreasonable Effectiveness of EM, Table 2: EM-FT N=1
             "per_device_train_batch_size": 8,
-            "gradient_accumulation_steps": 64,  # 8 * 64 = 512, paper 1 sec. 3.3: batch size 512
-            "learning_rate": 1e-6,  # paper 1 sec. 3.3
+            "gradient_accumulation_steps": 64,  # 8 * 64 = 512 (Unreasonable Effectiveness of EM, sec. 3.3)
+            "learning_rate": 1e-6,  # Unreasonable Effectiveness of EM, sec. 3.3
             "temperature": 1.0,
             "entropy_temperature": 1.0,
             "max_prompt_length": 1024,
-            "max_completion_length": 3072,  # 4096 tokens in all (SPEC.md, method 1)
-            "loss_normalization": "sequence_sum",  # paper 1, Table 1: (1/N) sum_i sum_t H_t
+            "max_completion_length": 3072,  # 4096 tokens in all (sec. 3.3)
+            "loss_normalization": "sequence_sum",  # H_tok, (1/N) sum_i sum_t H_t (Table 1)
             "beta": 0.0,
         }
         values.update(overrides)

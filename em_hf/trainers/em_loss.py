@@ -4,11 +4,13 @@ A batch holds ``prompt_ids``/``prompt_mask`` ([B, P], left-padded), ``completion
 ([B, C], right-padded; the mask is 1 up to and including the first EOS, 0 after it). The model reads
 ``cat(prompt, completion)`` with position ids counted over the attention mask (as ``generate`` does for
 left-padded prompts), and the distribution that produced completion token j sits at sequence index
-``P + j - 1`` (SPEC.md, "position alignment"). With m the completion mask, T_H the entropy temperature:
+``P + j - 1`` (the logits at position i predict token i + 1). With m the completion mask, T_H the entropy
+temperature:
 
     H_bj = H(softmax(z_{b, P+j-1} / T_H))
-    token_mean:    L = sum_bj m_bj (H_bj + beta KL_bj) / sum_bj m_bj              (paper 2, sec. 2.1)
-    sequence_sum:  L = (1/B) sum_b sum_j m_bj (H_bj + beta KL_bj)                 (paper 1, Table 1, H_tok)
+    token_mean:    L = sum_bj m_bj (H_bj + beta KL_bj) / sum_bj m_bj     (One-shot EM, sec. 2.1)
+    sequence_sum:  L = (1/B) sum_b sum_j m_bj (H_bj + beta KL_bj)        (H_tok; Unreasonable Effectiveness
+                                                                          of EM, Table 1)
     KL_bj = exp(r - l) - (r - l) - 1,  l = log pi_theta(y_bj), r = log pi_ref(y_bj)   (k3, as trl's GRPO)
 
 The hidden states of the completion positions are taken at the LM head's input and reduced by

@@ -1,4 +1,5 @@
-r"""``EntropyMinTrainer``: EM-FT (paper 1, sec. 3.1) and one-shot EM (paper 2) as a ``transformers.Trainer``.
+r"""``EntropyMinTrainer``: EM-FT (Unreasonable Effectiveness of EM, sec. 3.1) and one-shot EM (One-shot EM)
+as a ``transformers.Trainer``.
 
 Every micro-batch, the trainer samples one completion per (repeated) prompt from the CURRENT weights (eval
 mode, KV cache, no grad), builds a batch in trl's layout and minimizes the mean token entropy over the
@@ -8,8 +9,9 @@ resuming, ``report_to``) is the parent ``Trainer``'s.
 
 trl primitives reused: ``RepeatSampler`` (each prompt repeated ``num_generations`` times in a row),
 ``unwrap_model_for_generation`` (unwraps DDP/DeepSpeed for ``generate`` and pauses gradient checkpointing),
-``selective_log_softmax`` (reference log-probs on the logits path) and, for ``beta > 0`` without PEFT,
-``create_reference_model``.
+``selective_log_softmax`` (reference log-probs on the logits path). For ``beta > 0`` without PEFT the
+reference model is a frozen ``copy.deepcopy`` of the model (with PEFT, the model with its adapters
+disabled).
 """
 
 from __future__ import annotations
@@ -104,22 +106,61 @@ def _as_prompt_dataset(dataset: Any, name: str):
 class EntropyMinTrainer(Trainer):
     """Unsupervised fine-tuning by token-entropy minimization on the model's own samples.
 
-    Args:
-        model: a causal LM, or a name/path (``"default"`` is the embedded SmolLM2-135M-Instruct) loaded with
-            ``args.model_init_kwargs``.
-        args: :class:`~em_hf.trainers.EntropyMinConfig` (``one_shot()`` / ``em_ft()`` presets).
-        train_dataset: a ``datasets.Dataset`` (or a list) with a ``prompt`` column of strings or chat
-            messages. No labels. Messages go through the tokenizer's chat template; plain strings too when
-            the tokenizer has one (as a single user message), else they are used as they are.
-        eval_dataset: prompts whose EM loss is reported by ``evaluate()``.
-        processing_class: the tokenizer (needs a pad token); loaded from ``model`` when it is a string.
-        peft_config: a ``peft.PeftConfig``: the model is wrapped with ``get_peft_model`` (8-bit/4-bit models
-            are first prepared with ``prepare_model_for_kbit_training``).
-        callbacks, optimizers, optimizer_cls_and_kwargs: as for ``transformers.Trainer``.
+    EM-FT (Unreasonable Effectiveness of EM, sec. 3.1) and one-shot EM (One-shot EM, sec. 2) differ only in
+    their :class:`~em_hf.trainers.EntropyMinConfig` (presets ``em_ft()`` and ``one_shot()``).
+
+    Parameters:
+        model (`str`, `PreTrainedModel` or `nn.Module`):
+            The causal LM to train, or a name/path loaded with :func:`em_hf.load_model` and
+            ``args.model_init_kwargs`` (``"default"`` is the embedded SmolLM2-135M-Instruct).
+        args (`EntropyMinConfig`, *optional*):
+            The training, generation and loss settings. Defaults to
+            ``EntropyMinConfig(output_dir="em-trainer-output")``.
+        train_dataset (`datasets.Dataset` or `list`, *optional*):
+            Prompts in a ``prompt`` column, strings or chat messages (trl's standard and conversational
+            formats, rendered by :func:`em_hf.generation.prompts.render_prompt`); a list of prompts or of
+            dicts is turned into a ``Dataset``. No labels: the model is trained on its own samples.
+        eval_dataset (`datasets.Dataset`, `list` or `dict`, *optional*):
+            Prompts whose EM loss ``evaluate()`` reports (``eval_loss``, ``eval_entropy``); a dict of them
+            is evaluated name by name, as in ``transformers.Trainer``.
+        processing_class (`PreTrainedTokenizerBase`, *optional*):
+            The tokenizer; it needs a pad token. Required when ``model`` is a model object, loaded with
+            the model when it is a string.
+        callbacks (`list[TrainerCallback]`, *optional*):
+            As for ``transformers.Trainer``, e.g. :class:`~em_hf.trainers.BenchmarkEarlyStoppingCallback`.
+        optimizers (`tuple`, *optional*, defaults to `(None, None)`):
+            ``(optimizer, lr_scheduler)``, as for ``transformers.Trainer``.
+        optimizer_cls_and_kwargs (`tuple`, *optional*):
+            ``(optimizer class, keyword arguments)``, as for ``transformers.Trainer``.
+        peft_config (`peft.PeftConfig`, *optional*):
+            When given, the model is wrapped with ``get_peft_model`` (8-bit/4-bit models are first prepared
+            with ``prepare_model_for_kbit_training``); the KL reference is then the adapter-free model.
 
     A batch built by hand can be scored with ``trainer.compute_loss(model, batch)``: ``batch`` holds
     ``prompt_ids``/``prompt_mask`` [B, P] (left-padded), ``completion_ids``/``completion_mask`` [B, C]
     (right-padded, mask 1 through the first EOS and 0 after it), as in trl's GRPO/RLOO.
+
+    Examples:
+        One optimizer step on a tiny random model (the logs are printed by the ``Trainer``):
+
+        >>> import tempfile
+        >>> from em_hf import EntropyMinConfig, EntropyMinTrainer
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> model, tokenizer = tiny_llama_and_tokenizer()
+        >>> args = EntropyMinConfig(
+        ...     output_dir=tempfile.mkdtemp(), max_steps=1, per_device_train_batch_size=2,
+        ...     num_generations=2, max_completion_length=2, use_cpu=True, report_to=[],
+        ...     disable_tqdm=True, save_strategy="no",
+        ... )
+        >>> trainer = EntropyMinTrainer(
+        ...     model=model, args=args, train_dataset=["Compute 1 + 2 =", "Compute 3 + 4 ="],
+        ...     processing_class=tokenizer,
+        ... )
+        >>> result = trainer.train()
+        {'loss': ..., 'entropy': ..., 'epoch': '0.5'}
+        {'train_runtime': ..., 'train_loss': ..., 'epoch': '0.5'}
+        >>> result.global_step, round(result.training_loss, 2)  # mean entropy, about log(18) here
+        (1, 2.89)
     """
 
     _tag_names: ClassVar[list[str]] = ["em_hf", "entropy-minimization"]

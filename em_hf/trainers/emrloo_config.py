@@ -1,5 +1,5 @@
 """Configuration of :class:`em_hf.EMRLOOTrainer`: trl's ``RLOOConfig`` plus the EM reward (EM-RL,
-paper 1, section 3.2)."""
+Unreasonable Effectiveness of EM, sec. 3.2)."""
 
 from __future__ import annotations
 
@@ -13,40 +13,48 @@ __all__ = ["EM_REWARDS", "EMRLOOConfig"]
 
 EM_REWARDS = ("token", "sequence")
 
-# The paper's EM-RL setup (paper 1, section 3.3 "Training data, models, and methods"): "We set the
-# number of rollouts to N=4, batch size to 512, learning rate to 1e-6. We use a KL regularizer with
-# small coefficient beta=0.001". Appendix D adds sequence length 4096 and early stopping on a
-# validation set (about 100 steps). Batch size and sequence length are left to the user's hardware.
+# The paper's EM-RL setup (Unreasonable Effectiveness of EM, sec. 3.3 "Training data, models, and
+# methods"): "We set the number of rollouts to N=4, batch size to 512, learning rate to 1e-6. We use a
+# KL regularizer with small coefficient beta=0.001". Appendix D adds sequence length 4096 and early
+# stopping on a validation set (about 100 steps). Batch size and sequence length are left to the
+# user's hardware.
 PAPER_EM_RL = {"num_generations": 4, "beta": 0.001, "learning_rate": 1e-6}
 
 
 @dataclass
 class EMRLOOConfig(RLOOConfig):
-    r"""``trl.RLOOConfig`` with the EM-RL reward (paper 1, section 3.2).
+    r"""``trl.RLOOConfig`` with the EM-RL reward (Unreasonable Effectiveness of EM, sec. 3.2).
 
-    Every RLOOConfig field keeps its meaning (generation, ``beta`` KL penalty, clipping ``epsilon``,
-    ``reward_weights`` for the user's reward functions, vLLM, ...). Added:
+    Every ``RLOOConfig`` field keeps trl's meaning and default (generation, ``beta`` KL penalty, clipping
+    ``epsilon``, ``reward_weights`` for the user's reward functions, vLLM, ...); see trl's documentation.
+    Added here:
 
     Parameters:
-        em_reward (`str` or `None`, defaults to `"token"`):
+        em_reward (`str` or `None`, *optional*, defaults to `"token"`):
             The entropy reward, computed from the sampling policy over the completion tokens only:
 
             - ``"token"`` (EM-RL-token, eq. 4): r(y) = -sum_t H(pi(. | x, y_<t)).
             - ``"sequence"`` (EM-RL-sequence, eq. 3): r(y) = sum_t log pi(y_t | x, y_<t) = log pi(y).
-            - ``None``: no EM reward; the trainer is plain RLOO with the given reward functions (e.g.
+            - `None`: no EM reward; the trainer is plain RLOO with the given reward functions (e.g.
               the SC-RL baseline, :func:`em_hf.rewards.self_consistency_reward`).
-        em_reward_weight (`float`, defaults to `1.0`):
+        em_reward_weight (`float`, *optional*, defaults to `1.0`):
             Weight of the EM reward in the weighted sum of rewards (the user's reward functions are
             weighted by ``reward_weights``). 0 keeps it as a logged metric only.
 
     ``num_generations`` must be at least 2: the RLOO baseline of a completion is the mean reward of
     the other completions of its prompt. Use :meth:`paper` for the paper's values.
+
+    Examples:
+        >>> from em_hf import EMRLOOConfig
+        >>> args = EMRLOOConfig.paper(em_reward="sequence", output_dir="em-rl", use_cpu=True, report_to=[])
+        >>> args.em_reward, args.num_generations, args.beta, args.learning_rate
+        ('sequence', 4, 0.001, 1e-06)
     """
 
     em_reward: str | None = field(
         default="token",
         metadata={
-            "help": "EM reward: 'token' (-sum_t H_t, paper 1 eq. 4), 'sequence' (sum_t log pi(y_t|y_<t), "
+            "help": "EM reward: 'token' (-sum_t H_t, eq. 4), 'sequence' (sum_t log pi(y_t|y_<t), "
             "eq. 3) or None (no EM reward: plain RLOO with the given reward functions).",
         },
     )
@@ -80,6 +88,13 @@ class EMRLOOConfig(RLOOConfig):
     @classmethod
     def paper(cls, em_reward: str | None = "token", **overrides: Any) -> EMRLOOConfig:
         """The paper's EM-RL setup: ``num_generations=4``, ``beta=0.001``, ``learning_rate=1e-6``
-        (paper 1, section 3.3; batch size 512 and sequence length 4096 there are left to you),
-        with ``overrides`` applied on top (any ``EMRLOOConfig`` field, e.g. ``output_dir``)."""
+        (Unreasonable Effectiveness of EM, sec. 3.3; batch size 512 and sequence length 4096 there are
+        left to you).
+
+        Parameters:
+            em_reward (`str` or `None`, *optional*, defaults to `"token"`):
+                ``"token"`` (EM-RL-token), ``"sequence"`` (EM-RL-sequence) or `None`, as the field.
+            **overrides:
+                Any ``EMRLOOConfig`` field (e.g. ``output_dir``), applied on top of the paper's values.
+        """
         return cls(em_reward=em_reward, **{**PAPER_EM_RL, **overrides})

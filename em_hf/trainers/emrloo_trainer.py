@@ -1,5 +1,5 @@
 r"""EM-RL on trl's RLOOTrainer: REINFORCE with the leave-one-out baseline and a negative-entropy reward
-(paper 1, section 3.2).
+(Unreasonable Effectiveness of EM, sec. 3.2).
 
 For each prompt x the trainer samples N completions y^1..y^N from pi_theta and scores each with
 
@@ -24,7 +24,7 @@ every sampled completion with the training model in all of them.
 
 The hook (one place, :meth:`EMRLOOTrainer._get_per_token_logps_and_entropies`, armed by
 :meth:`EMRLOOTrainer._generate_and_score_completions`) relies on these trl internals, checked by
-``tests/trainers/test_emrloo_contract.py`` and guarded at run time:
+the package's test suite (the EM-RL contract tests) and guarded at run time:
 
 1. ``_generate_and_score_completions(inputs)`` makes its FIRST ``_get_per_token_logps_and_entropies``
    call with ``self.model`` on ``(prompt + completion ids, prompt mask + completion mask,
@@ -69,8 +69,8 @@ def check_trl_version(version: str | None = None) -> None:
         raise RuntimeError(
             f"em_hf's EMRLOOTrainer hooks private methods of trl's RLOOTrainer and supports "
             f"trl{SUPPORTED_TRL}; trl {version} is installed. Install a supported trl "
-            f"(pip install 'trl{SUPPORTED_TRL}') or check tests/trainers/test_emrloo_contract.py against "
-            "the new release before widening the range."
+            f"(pip install 'trl{SUPPORTED_TRL}') or check the trl internals listed in the docstring of "
+            "em_hf.trainers.emrloo_trainer against the new release before widening the range."
         )
 
 
@@ -110,30 +110,55 @@ class _EMReward:
 
 
 class EMRLOOTrainer(RLOOTrainer):
-    r"""``trl.RLOOTrainer`` whose reward is the EM-RL negative entropy (paper 1, section 3.2).
+    r"""``trl.RLOOTrainer`` whose reward is the EM-RL negative entropy (Unreasonable Effectiveness of EM,
+    sec. 3.2).
 
-    Example::
-
-        from em_hf import EMRLOOConfig, EMRLOOTrainer
-        from em_hf.data import arithmetic_dataset
-
-        args = EMRLOOConfig.paper(em_reward="token", output_dir="em-rl", max_completion_length=256)
-        trainer = EMRLOOTrainer(model=model, args=args, train_dataset=arithmetic_dataset(512),
-                                processing_class=tokenizer)
-        trainer.train()
-
-    Args:
-        model, args, train_dataset, eval_dataset, processing_class, reward_processing_classes,
-        callbacks, optimizers, quantization_config, peft_config: as in ``trl.RLOOTrainer``; ``args``
-            must be an :class:`EMRLOOConfig` (default: ``EMRLOOConfig(em_reward="token")``).
-        reward_funcs: optional, as in ``trl.RLOOTrainer``. With ``args.em_reward`` set, the reward is
-            ``em_reward_weight * r_em(y) + sum_k reward_weights[k] * r_k(y)``; ``reward_weights`` (if
-            given) has one entry per function in ``reward_funcs``. With ``em_reward=None`` at least
-            one reward function is required (e.g. SC-RL: ``em_hf.rewards.self_consistency_reward``).
+    Parameters:
+        model (`str` or `PreTrainedModel`):
+            As in ``trl.RLOOTrainer``: the policy, or a name/path loaded with ``args.model_init_kwargs``.
+            With ``args.beta > 0`` trl reloads the KL reference from ``model.config._name_or_path``, so an
+            in-memory model (no such path) needs ``beta=0`` or a ``peft_config``.
+        reward_funcs (`callable`, `str`, `PreTrainedModel` or a `list` of them, *optional*):
+            The user's reward functions or reward models, as in ``trl.RLOOTrainer``. With ``args.em_reward``
+            set the reward is ``em_reward_weight * r_em(y) + sum_k reward_weights[k] * r_k(y)``, and
+            ``args.reward_weights`` (if given) has one entry per function here. With ``em_reward=None`` at
+            least one is required (e.g. SC-RL: :func:`em_hf.rewards.self_consistency_reward`).
+        args (`EMRLOOConfig`, *optional*):
+            Must be an :class:`~em_hf.trainers.EMRLOOConfig`. Defaults to
+            ``EMRLOOConfig("<model name>-EMRLOO")`` (``em_reward="token"``).
+        train_dataset, eval_dataset, processing_class, reward_processing_classes:
+            As in ``trl.RLOOTrainer``: datasets with a ``prompt`` column (trl's standard or conversational
+            format), the tokenizer, the reward models' tokenizers (the EM reward needs none).
+        callbacks, optimizers, quantization_config, peft_config:
+            As in ``trl.RLOOTrainer``; with ``peft_config`` the KL reference is the adapter-free model.
 
     The EM reward appears in trl's logs as ``rewards/em_token/mean`` (or ``em_sequence``). How the
     reward reuses trl's scoring forward, and which trl internals that relies on: see the module
-    docstring.
+    docstring. Supported trl versions: :data:`SUPPORTED_TRL`.
+
+    Examples:
+        One step of EM-RL-token on a tiny random model (``beta=0``: it has no path to reload a KL
+        reference from; the ``Trainer`` prints the logs):
+
+        >>> import tempfile
+        >>> from datasets import Dataset
+        >>> from em_hf import EMRLOOConfig, EMRLOOTrainer
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> model, tokenizer = tiny_llama_and_tokenizer()
+        >>> args = EMRLOOConfig(
+        ...     output_dir=tempfile.mkdtemp(), em_reward="token", beta=0.0, max_steps=1,
+        ...     per_device_train_batch_size=2, num_generations=2, max_completion_length=2,
+        ...     use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
+        ... )
+        >>> prompts = Dataset.from_dict({"prompt": ["Compute 1 + 2 =", "Compute 3 + 4 ="]})
+        >>> trainer = EMRLOOTrainer(model=model, args=args, train_dataset=prompts, processing_class=tokenizer)
+        >>> result = trainer.train()
+        {'train_runtime': ..., 'rewards/em_token/mean': ..., 'epoch': '0.5'}
+        >>> result.global_step
+        1
+
+        With a real model, the paper's values: ``EMRLOOConfig.paper(em_reward="token",
+        output_dir="em-rl")`` and, e.g., ``train_dataset=em_hf.data.arithmetic_dataset(512)``.
     """
 
     _tag_names: ClassVar[list[str]] = [*RLOOTrainer._tag_names, "em_hf", "em-rl"]
