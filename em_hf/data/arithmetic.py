@@ -38,6 +38,14 @@ class ArithmeticProblem:
             The bare question, e.g. ``"Compute 13 + 14."``.
         answer (`int`):
             Its value.
+
+    Examples:
+        >>> from em_hf.data.arithmetic import make_arithmetic_problems
+        >>> problem = make_arithmetic_problems(1, seed=0)[0]
+        >>> problem.answer == eval(problem.question.removeprefix("Compute ").rstrip("."))
+        True
+        >>> problem.messages[0]["role"]
+        'user'
     """
 
     id: str

@@ -45,6 +45,13 @@ class PromptPassVariance:
             k, the completions sampled.
         completions (`tuple[str, ...]`):
             The sampled completion texts.
+
+    Examples:
+        >>> from em_hf.data.selection import PromptPassVariance
+        >>> row = PromptPassVariance(0, "Compute 2 + 2.", 4, pass_rate=0.25, variance=0.1875, num_samples=4,
+        ...                          completions=("4", "5", "3", "22"))
+        >>> row.variance == row.pass_rate * (1 - row.pass_rate)
+        True
     """
 
     index: int

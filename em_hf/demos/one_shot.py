@@ -37,6 +37,34 @@ __all__ = ["OneShotDemoResult", "format_one_shot_report", "run_one_shot_demo", "
 
 @dataclass
 class OneShotDemoResult:
+    """What :func:`run_one_shot_demo` measured (:func:`format_one_shot_report` renders it).
+
+    Parameters:
+        selected (`PromptPassVariance`):
+            The training prompt: the candidate with the highest pass@k variance.
+        candidates (`list[PromptPassVariance]`):
+            Every candidate, ranked (highest variance first).
+        before (`list[MethodSummary]`):
+            Accuracy of each evaluation method before training (benchmark ``"arithmetic"``).
+        after (`list[MethodSummary]`):
+            The same after training.
+        during (`list[BenchmarkRecord]`):
+            Greedy accuracy after each evaluated step (step 0: the base model).
+        train_log (`list[dict[str, Any]]`):
+            The trainer's per-step log (loss, entropy, completion lengths, ...).
+        train_seconds (`float`):
+            Wall time of ``trainer.train()``.
+        peak_rss_mib (`float`):
+            The process's peak resident memory after training, MiB.
+        settings (`dict[str, Any]`, *optional*, defaults to `{}`):
+            The run's settings, for the report.
+
+    Examples:
+        >>> from em_hf.demos.one_shot import OneShotDemoResult
+        >>> sorted(OneShotDemoResult.__dataclass_fields__)[:3]
+        ['after', 'before', 'candidates']
+    """
+
     selected: PromptPassVariance
     candidates: list[PromptPassVariance]
     before: list[MethodSummary]

@@ -84,6 +84,12 @@ class BenchmarkItem:
             Python test code run after the completion's code block (code).
         metadata (`dict[str, Any]`, *optional*, defaults to `{}`):
             The other fields of the row (level, type, difficulty, ...); ``NAME:key=value`` filters on them.
+
+    Examples:
+        >>> from em_hf.eval import load_benchmark
+        >>> item = load_benchmark("arithmetic:n=2")[0]
+        >>> item.question, item.reference, item.task
+        ('Compute 13 + 14. Reply with just the number.', '27', 'arithmetic')
     """
 
     benchmark: str
@@ -101,7 +107,31 @@ class BenchmarkItem:
 class BenchmarkSpec:
     """A registered benchmark (an entry of ``benchmarks.json`` beside this module): its task, its file
     in the shared benchmark folder, its Hub source, the row keys its items are read from (each tried in
-    order) and its default prompt template."""
+    order) and its default prompt template.
+
+    Parameters:
+        name (`str`):
+            The name in ``NAME[:key=value]`` specs.
+        task (`str`):
+            ``"math"``, ``"physics"``, ``"code"`` or ``"arithmetic"``: picks the converter and the grader.
+        filename (`str` or `None`):
+            The file in the shared benchmark folder (None: generated, no file).
+        hub (`tuple[str, str | None, str]` or `None`):
+            ``(dataset id, config, split)`` for ``datasets.load_dataset`` when no file is found.
+        fields (`dict[str, tuple[str, ...]]`):
+            Row keys tried in order for ``question``, ``answer`` (math: empty = the last box of the
+            gold solution), ``tests`` (code) and ``id``.
+        template (`str`):
+            The default prompt template (with ``{question}``).
+        description (`str`):
+            One line for ``em-hf eval --help`` and the docs.
+
+    Examples:
+        >>> from em_hf.eval.benchmarks import BENCHMARKS
+        >>> spec = BENCHMARKS["math500"]
+        >>> spec.task, spec.filename, spec.fields["answer"]
+        ('math', 'math500.json', ('expected_answer', 'answer'))
+    """
 
     name: str
     task: str

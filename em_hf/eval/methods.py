@@ -75,6 +75,16 @@ class ItemResult:
             The graded completion's text.
         answers (`list[str | None]`, *optional*, defaults to `[]`):
             Every trajectory's final answer (self-consistency's votes).
+
+    Examples:
+        One line of a run's ``items.jsonl`` (:func:`run_items` returns them; ``to_dict`` serializes):
+
+        >>> from em_hf.eval.methods import ItemResult
+        >>> result = ItemResult("arithmetic", "greedy", 0, "arith-0-0", "7", "7", True, "correct", tokens=3,
+        ...                     prompt_tokens=12, seconds=0.1, mean_entropy=0.5, flops=2 * 100 * 15,
+        ...                     trajectories=1, completion="7")
+        >>> sorted(result.to_dict())[:4]
+        ['answer', 'answers', 'benchmark', 'completion']
     """
 
     benchmark: str

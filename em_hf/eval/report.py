@@ -126,6 +126,20 @@ class MethodSummary:
             Standard deviation over seeds of the per-seed accuracy (0 for one seed).
         tokens_per_s (`float`, *optional*, defaults to `0.0`):
             Generated tokens / generation seconds, over all records.
+        pass_at_seeds (`float` or `None`, *optional*, defaults to `None`):
+            Mean over items of pass@n (:func:`pass_at_k`), n = the item's number of seeds; None for one seed.
+
+    Examples:
+        >>> from em_hf.eval.report import summarize
+        >>> records = [
+        ...     {"benchmark": "amc", "method": "sample", "seed": s, "item_id": i, "correct": ok, "tokens": 10,
+        ...      "seconds": 0.5, "flops": 1e9, "mean_entropy": h}
+        ...     for s, i, ok, h in [(0, "a", True, 0.2), (1, "a", False, 0.9), (0, "b", False, 0.8),
+        ...                         (1, "b", False, 0.7)]
+        ... ]
+        >>> (summary,) = summarize(records)
+        >>> summary.accuracy, summary.pass_at_seeds, summary.auroc, summary.tokens_per_s
+        (0.25, 0.5, 1.0, 20.0)
     """
 
     benchmark: str

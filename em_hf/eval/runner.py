@@ -96,6 +96,13 @@ class EvalRun:
             The ``table.md`` and the accuracy-vs-FLOPs plot written (`None` when not written).
         seconds (`float`, *optional*, defaults to `0.0`):
             Wall time of the call.
+
+    Examples:
+        ``evaluate(...)`` returns one; ``summaries`` are :class:`~em_hf.eval.report.MethodSummary` rows:
+
+        >>> from em_hf.eval.runner import EvalRun
+        >>> EvalRun(records=[], summaries=[], not_applicable=[]).seconds
+        0.0
     """
 
     records: list[dict]

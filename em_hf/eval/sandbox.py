@@ -126,6 +126,12 @@ class CodeResult:
             The last line of the program's stderr, or the reason.
         seconds (`float`, *optional*, defaults to `0.0`):
             The wall time.
+
+    Examples:
+        >>> from em_hf.eval import run_code
+        >>> result = run_code("def add(a, b):\\n    return a + b", "assert add(2, 3) == 5", timeout_s=10)
+        >>> result.passed, result.status
+        (True, 'passed')
     """
 
     status: str

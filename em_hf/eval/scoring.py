@@ -25,6 +25,12 @@ class Grade:
         status (`str`):
             ``"correct"``/``"wrong"`` for answers, the :class:`~em_hf.eval.sandbox.CodeResult` status for
             code.
+
+    Examples:
+        >>> from em_hf.eval import grade_item, load_benchmark
+        >>> item = load_benchmark("arithmetic:n=1")[0]
+        >>> grade_item(item, f"The answer is {item.reference}.").correct
+        True
     """
 
     correct: bool

@@ -33,6 +33,12 @@ class Completion:
         seconds (`float`, *optional*, defaults to `0.0`):
             Its share of the batch's wall time (the batch time divided by the rows of the batch); not part
             of equality, which compares the outputs.
+
+    Examples:
+        >>> from em_hf.generation.batched import Completion
+        >>> a = Completion("7", num_tokens=2, mean_entropy=0.4, seconds=0.1)
+        >>> a == Completion("7", num_tokens=2, mean_entropy=0.4, seconds=0.3)  # time is not compared
+        True
     """
 
     text: str

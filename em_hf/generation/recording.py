@@ -21,7 +21,8 @@ class TokenEntropyRecorder(LogitsProcessor):
     ``[batch, new_tokens]`` float32 tensor; combine it with :func:`completion_mask` to average over
     real generated tokens only. Call :meth:`reset` (or make a new recorder) before each ``generate``.
 
-    The recorder takes no arguments.
+    Parameters:
+        (none): the recorder takes no arguments; ``entropies`` and :meth:`reset` are its interface.
 
     Examples:
         A tiny random model is almost uniform over its 18 tokens, so every entropy is about log(18):

@@ -31,7 +31,24 @@ __all__ = ["entropy_backward", "entropy_forward", "entropy_grad", "softmax_entro
 
 
 class SoftmaxEntropy(NamedTuple):
-    """The intermediate quantities of one entropy evaluation, in the accumulation dtype."""
+    """The intermediate quantities of one entropy evaluation (:func:`softmax_entropy`), in the
+    accumulation dtype.
+
+    Parameters:
+        probs (`torch.Tensor` of shape `(..., vocab)`):
+            p = softmax(z / T).
+        log_probs (`torch.Tensor` of shape `(..., vocab)`):
+            log p, with 0 (never -inf) where p = 0.
+        entropy (`torch.Tensor` of shape `(...)`):
+            H = -sum_v p_v log p_v.
+
+    Examples:
+        >>> import torch
+        >>> from em_hf.ops import softmax_entropy
+        >>> probs, log_probs, entropy = softmax_entropy(torch.tensor([[0.0, 0.0, float("-inf")]]))
+        >>> probs, log_probs, entropy.round(decimals=4)
+        (tensor([[0.5000, 0.5000, 0.0000]]), tensor([[-0.6931, -0.6931,  0.0000]]), tensor([0.6931]))
+    """
 
     probs: torch.Tensor  # p = softmax(z / T), [..., V]
     log_probs: torch.Tensor  # log p with 0 where p == 0 (never -inf), [..., V]

@@ -38,6 +38,13 @@ class BenchmarkRecord:
             The deciding metric (the callback's ``metric``).
         metrics (`dict[str, float]`):
             Everything ``evaluate`` returned (``{metric: value}`` when it returned a number).
+
+    Examples:
+        ``BenchmarkEarlyStoppingCallback.history`` holds one per evaluation, ``best`` the best one:
+
+        >>> from em_hf.trainers.callbacks import BenchmarkRecord
+        >>> BenchmarkRecord(step=10, value=0.4, metrics={"accuracy": 0.4, "entropy": 1.2}).value
+        0.4
     """
 
     step: int

@@ -53,7 +53,25 @@ _LOGIT_POSTPROCESSING_FIELDS = (
 
 @dataclass(frozen=True)
 class EntropyLossOutput:
-    """The loss and, detached, what the trainer logs."""
+    """The loss and, detached, what the trainer logs.
+
+    Parameters:
+        loss (`torch.Tensor`):
+            The scalar to backpropagate: entropy term (by ``loss_normalization``) + beta x KL.
+        mean_entropy (`torch.Tensor`):
+            Mean token entropy over the completion tokens (detached).
+        num_tokens (`torch.Tensor`):
+            Completion tokens in the batch.
+        mean_kl (`torch.Tensor` or `None`):
+            Mean KL to the reference over the completion tokens when ``beta > 0``, else None.
+
+    Examples:
+        >>> import torch
+        >>> from em_hf.trainers.em_loss import EntropyLossOutput
+        >>> out = EntropyLossOutput(torch.tensor(1.2), torch.tensor(1.2), torch.tensor(30), None)
+        >>> float(out.loss), out.mean_kl is None
+        (1.2000000476837158, True)
+    """
 
     loss: torch.Tensor
     mean_entropy: torch.Tensor  # mean H over completion tokens
