@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from em_hf.data.arithmetic import make_arithmetic_problems
 from em_hf.data.selection import PromptPassVariance, select_by_pass_variance
@@ -81,8 +82,8 @@ def _questions(problems) -> set[str]:
 
 
 def select_one_shot_prompt(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     num_candidates: int = 24,
     *,
     exclude_items: int = 60,

@@ -160,11 +160,11 @@ def run_items(
     items: Sequence[BenchmarkItem],
     method: DecodingMethod,
     *,
+    num_parameters: int | None = None,
     seed: int = 0,
     max_new_tokens: int = 256,
     batch_size: int = 16,
     code_timeout_s: float = 10.0,
-    num_parameters: int | None = None,
 ) -> list[ItemResult]:
     """Answer ``items`` with ``method`` and grade them; one :class:`ItemResult` per item, in order.
 
