@@ -135,7 +135,7 @@ class _RowSettingsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             )
         settings = {**cls._defaults, **value}
         checked = cls._check(*(settings[name] for name in cls._defaults))
-        return dict(zip(cls._defaults, checked))
+        return dict(zip(cls._defaults, checked, strict=True))
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
@@ -198,7 +198,8 @@ class _RowSettingsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             if slots.isdisjoint(self._rows):
                 return logits
             row_slots = ctx.expanded_idx_mapping.tolist()
-            groups = self._group((row, self._rows[slot]) for row, slot in enumerate(row_slots) if slot in self._rows)
+            active = ((row, self._rows[slot]) for row, slot in enumerate(row_slots) if slot in self._rows)
+            groups = self._group(active)
         function = type(self)._function
         for settings, rows in groups:
             if len(rows) == logits.shape[0]:
