@@ -24,7 +24,7 @@ from em_hf.generation.vllm import EntropyMinVLLMProcessor
 from em_hf.models import ensure_default_model_cache, load_default_model
 from em_hf.ops import token_entropy
 
-MAX_TOKENS = 40
+MAX_TOKENS = 32
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def hf_model():
 @pytest.fixture(scope="module")
 def prompts(hf_model):
     _, tokenizer = hf_model
-    problems = make_arithmetic_problems(16, seed=3)
+    problems = make_arithmetic_problems(12, seed=3)
     return [render_prompt(tokenizer, problem.messages) for problem in problems]
 
 
