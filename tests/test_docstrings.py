@@ -32,13 +32,26 @@ ENTRY_POINTS = [
     "em_hf.arithmetic_evaluator",
     "em_hf.metrics.load",
 ]
+try:
+    import vllm  # noqa: F401
+
+    ENTRY_POINTS += [
+        "em_hf.generation.vllm.EntropyMinVLLMProcessor",
+        "em_hf.generation.vllm.AdaptiveTemperatureVLLMProcessor",
+    ]
+except ImportError:
+    pass
 
 
 def _public_modules():
     for info in pkgutil.walk_packages(em_hf.__path__, "em_hf."):
         if any(part.startswith("_") for part in info.name.split(".")):
             continue
-        yield importlib.import_module(info.name)
+        try:
+            yield importlib.import_module(info.name)
+        except ImportError:
+            if not info.name.startswith("em_hf.generation.vllm"):
+                raise  # the vLLM processors need vLLM; nothing else may fail to import
 
 
 def _public_classes():
