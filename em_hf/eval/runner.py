@@ -4,9 +4,9 @@ Files in the output folder:
 
 - ``config.json``: the settings results depend on (model, max new tokens, the engine that generated,
   ``hf`` or ``vllm``; templates are part of the items; a ``config.json`` written before the engine was
-  recorded counts as ``hf``). A later run into the same folder must use the same settings (else a clear error), and then
-  skips every (benchmark, method, seed, item id) already in ``items.jsonl``: finished items are never
-  recomputed, so an interrupted run resumes where it stopped.
+  recorded counts as ``hf``). A later run into the same folder must use the same settings (else a
+  clear error), and then skips every (benchmark, method, seed, item id) already in ``items.jsonl``:
+  finished items are never recomputed, so an interrupted run resumes where it stopped.
 - ``items.jsonl``: one :class:`~em_hf.eval.methods.ItemResult` per line, appended as each chunk of
   items finishes.
 - ``table.md``: the Table-3-shaped accuracy table and the detailed table; ``accuracy_vs_flops.png``.
@@ -176,7 +176,8 @@ def evaluate(
         generator (`Callable`, *optional*):
             The generation engine, as in :func:`~em_hf.eval.methods.run_items` (default: ``model.generate``);
             e.g. :class:`~em_hf.generation.vllm.engine.VLLMGenerator` for vLLM. Its ``engine`` attribute
-            (``"hf"`` for the default, ``"custom"`` for a callable without one) is recorded in ``config.json``, so a resumed run cannot mix engines.
+            (``"hf"`` for the default, ``"custom"`` for a callable without one) is recorded in
+            ``config.json``, so a resumed run cannot mix engines.
 
     Returns:
         :class:`EvalRun`
@@ -194,7 +195,9 @@ def evaluate(
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
     out = Path(out_dir)
     num_parameters = model.num_parameters()
-    engine = "hf" if generator in (None, generate_completions) else str(getattr(generator, "engine", "custom"))
+    engine = (
+        "hf" if generator in (None, generate_completions) else str(getattr(generator, "engine", "custom"))
+    )
     _check_config(
         out,
         {

@@ -50,9 +50,9 @@ __all__ = [
     "MAX_SEEDED_PER_CALL",
     "VLLM_INSTALL_HINT",
     "VLLMGenerator",
+    "check_methods",
     "eos_token_ids",
     "import_vllm",
-    "check_methods",
     "load_vllm",
     "sampling_params",
 ]
@@ -205,7 +205,9 @@ def load_vllm(model: str, **llm_kwargs):
 
 
 @torch.no_grad()
-def _mean_entropies(model, rows: list[list[int]], completions: list[list[int]], batch_size: int) -> list[float]:
+def _mean_entropies(
+    model, rows: list[list[int]], completions: list[list[int]], batch_size: int
+) -> list[float]:
     """Mean over each completion's tokens of H(softmax(z_t)), z_t the model's logits that predicted
     token t (read at the position before it), recomputed with one forward pass per batch."""
     base = model.base_model
@@ -223,9 +225,7 @@ def _mean_entropies(model, rows: list[list[int]], completions: list[list[int]], 
             input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             attention_mask[r, : len(seq)] = 1
         hidden = base(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))[0]
-        picks = [
-            (r, len(rows[i]) - 1 + t) for r, i in enumerate(chunk) for t in range(len(completions[i]))
-        ]
+        picks = [(r, len(rows[i]) - 1 + t) for r, i in enumerate(chunk) for t in range(len(completions[i]))]
         if not picks:
             found.update({i: 0.0 for i in chunk})
             continue
