@@ -170,4 +170,9 @@ def run(args: argparse.Namespace) -> int:
         + (f"; plot: {run.plot_path}" if run.plot_path else "")
         + f". Generation and grading {run.seconds:.0f} s, total {time.perf_counter() - start:.0f} s."
     )
+    if generator is not None:
+        print(
+            f"vLLM generate {generator.generate_seconds:.0f} s, entropy recomputation "
+            f"{generator.entropy_seconds:.0f} s."
+        )
     return 0

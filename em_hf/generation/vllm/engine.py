@@ -258,6 +258,9 @@ class VLLMGenerator:
         entropy_batch_size (`int`, *optional*, defaults to `8`):
             Sequences per forward pass of the entropy recomputation.
 
+    Attributes ``generate_seconds`` and ``entropy_seconds`` sum the time spent in vLLM's ``generate``
+    and in the entropy recomputation over all calls (``em-hf eval --engine vllm`` prints them).
+
     Examples:
         The engine takes 1-2 minutes to start on a CPU, so this is not run here:
 
@@ -282,6 +285,8 @@ class VLLMGenerator:
             raise ValueError(f"`entropy_batch_size` must be an integer >= 1, got {entropy_batch_size!r}.")
         self.llm = llm
         self.entropy_batch_size = entropy_batch_size
+        self.generate_seconds = 0.0  # in vLLM's generate, summed over calls
+        self.entropy_seconds = 0.0  # in the entropy recomputation, summed over calls
 
     def __repr__(self) -> str:
         return f"VLLMGenerator(entropy_batch_size={self.entropy_batch_size})"
@@ -324,7 +329,10 @@ class VLLMGenerator:
                 [TokensPrompt(prompt_token_ids=list(row)) for row in chunk], params, use_tqdm=False
             )
             ids = [_through_eos(list(out.outputs[0].token_ids), stop) for out in outputs]
+            entropy_start = time.perf_counter()
+            self.generate_seconds += entropy_start - batch_start
             entropies = _mean_entropies(model, chunk, ids, self.entropy_batch_size)
+            self.entropy_seconds += time.perf_counter() - entropy_start
             texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
             share = (time.perf_counter() - batch_start) / len(chunk)
             completions.extend(
