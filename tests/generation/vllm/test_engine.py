@@ -18,6 +18,14 @@ except Exception:  # an ImportError, or a broken install (e.g. torchvision again
 from em_hf.generation.decoding import parse_method
 from em_hf.generation.vllm import engine
 
+
+@pytest.fixture(autouse=True)
+def entropy_backend() -> str:
+    """Once, on the default entropy backend (overrides the package-wide cpp/torch parametrization: both
+    backends of the entropy recomputation are tested in test_engine_no_vllm.py, without an engine)."""
+    return "default"
+
+
 # ---------------------------------------------------------------------------------------------------
 # DecodingMethod -> SamplingParams (no engine)
 
@@ -118,7 +126,8 @@ def test_greedy_completions_equal_those_of_generate(llm, default_model, arithmet
         (a.text, a.num_tokens, a.prompt_tokens) == (b.text, b.num_tokens, b.prompt_tokens)
         for a, b in zip(ours, hf, strict=True)
     ]
-    # float32 on both sides: measured here, all 16 agree (a near-tie between two tokens could flip one).
+    # float32 on both sides: all agreed here (16 of 16, and 40 of 40 in a longer check); a near-tie
+    # between two tokens could flip one, hence the allowance of one.
     assert sum(same) >= len(same) - 1, [(a, b) for a, b, s in zip(ours, hf, same, strict=True) if not s]
     for a, b, s in zip(ours, hf, same, strict=True):
         if s:  # the recomputed entropy is the recorder's up to float32 rounding
