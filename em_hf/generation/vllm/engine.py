@@ -21,7 +21,9 @@ What matches the ``transformers`` path, by construction:
   holds: one batched forward pass over prompt + completion (a prefill, not a decode), then
   :func:`~em_hf.ops.linear_token_entropy` at the completion positions only (the LM head's logits are
   never materialized for the prompt). This costs a second copy of the weights in memory and one
-  prefill per completion; the time is included in ``seconds`` and measured in the README.
+  transformers prefill per completion; the time is included in ``seconds``, summed in
+  ``VLLMGenerator.entropy_seconds``, and measured in the README (on the default model and short
+  arithmetic answers it took longer than vLLM's own generation).
 
 Seeds: sampled requests carry their own ``SamplingParams(seed=...)``, drawn from ``seed`` by a
 ``random.Random(seed)`` in prompt order, so a run is reproducible whatever vLLM's batching; vLLM's
