@@ -5,7 +5,9 @@
 
 Benchmarks and methods are space- or comma-separated specs (``NAME[:key=value,...]``; see
 :mod:`em_hf.eval.benchmarks` and :mod:`em_hf.generation.decoding`). Results go to ``--out``
-(:mod:`em_hf.eval.runner`); running the same command again resumes.
+(:mod:`em_hf.eval.runner`); running the same command again resumes. ``--engine vllm`` generates
+with a vLLM engine (:mod:`em_hf.generation.vllm.engine`) instead of ``model.generate``; grading and
+accounting are the same, and the engine is recorded in ``config.json``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,44 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--code-timeout", type=options.positive_float, default=10.0, help="seconds per program run"
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
+    parser.add_argument(
+        "--engine",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="what generates: transformers' generate (hf) or a vLLM engine on the same weights (vllm; "
+        "the transformers model is still loaded, for the mean token entropy and P); default: %(default)s",
+    )
+    parser.add_argument(
+        "--vllm-max-model-len",
+        type=options.positive_int,
+        default=None,
+        help="--engine vllm: the engine's max_model_len (prompt + new tokens; default: the model's)",
+    )
     return parser
+
+
+def _vllm_generator(args: argparse.Namespace, methods):
+    """The vLLM engine of ``--engine vllm`` on the weights ``--model`` names (the default model: its
+    safetensors cache), float32 for the default model as the transformers path loads it."""
+    import os
+
+    import torch
+
+    from em_hf.generation.vllm.engine import VLLMGenerator, check_methods, load_vllm
+    from em_hf.models import ensure_default_model_cache
+
+    check_methods(methods)  # before the 1-2 minutes of engine start-up
+    if args.load_in_8bit:
+        raise ValueError("--load-in-8bit applies to --engine hf only (vLLM quantizes on its own).")
+    default = str(args.model) == "default"
+    path = str(ensure_default_model_cache()) if default else str(args.model)
+    kwargs: dict = {"dtype": "float32" if default else "auto", "seed": 0}
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is much larger
+        kwargs["enforce_eager"] = True
+    if args.vllm_max_model_len:
+        kwargs["max_model_len"] = args.vllm_max_model_len
+    return VLLMGenerator(load_vllm(path, **kwargs))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,8 +137,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    generator = None
+    if args.engine == "vllm":
+        try:
+            generator = _vllm_generator(args, methods)
+        except (ImportError, ValueError) as error:
+            print(f"em-hf eval: error: {error}", file=sys.stderr)
+            return 2
     model, tokenizer = load_model(args.model, load_in_8bit=args.load_in_8bit)
-    print(f"Loaded {args.model} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(f"Loaded {args.model} ({args.engine}) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     try:
         run = evaluate(
             model,
@@ -112,8 +158,9 @@ def run(args: argparse.Namespace) -> int:
             code_timeout_s=args.code_timeout,
             **options.generation_kwargs(args),
             plot=not args.no_plot,
+            generator=generator,
         )
-    except ValueError as error:
+    except (ValueError, ImportError) as error:
         print(f"em-hf eval: error: {error}", file=sys.stderr)
         return 2
     assert run.table_path is not None
@@ -123,4 +170,9 @@ def run(args: argparse.Namespace) -> int:
         + (f"; plot: {run.plot_path}" if run.plot_path else "")
         + f". Generation and grading {run.seconds:.0f} s, total {time.perf_counter() - start:.0f} s."
     )
+    if generator is not None:
+        print(
+            f"vLLM generate {generator.generate_seconds:.0f} s, entropy recomputation "
+            f"{generator.entropy_seconds:.0f} s."
+        )
     return 0

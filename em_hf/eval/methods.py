@@ -1,6 +1,7 @@
 """Run one decoding method on a batch of benchmark items: single trajectory, self-consistency or
 iterative refinement, all through :func:`~em_hf.generation.batched.generate_completions` (batched
-``model.generate`` plus the method's logits processors).
+``model.generate`` plus the method's logits processors), or through another generator with its call
+signature (``generator=``, e.g. :class:`~em_hf.generation.vllm.engine.VLLMGenerator`).
 
 Accounting per item (what :class:`ItemResult` holds):
 
@@ -20,7 +21,7 @@ Accounting per item (what :class:`ItemResult` holds):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from em_hf.eval.benchmarks import BenchmarkItem
@@ -165,6 +166,7 @@ def run_items(
     max_new_tokens: int = 256,
     batch_size: int = 16,
     code_timeout_s: float = 10.0,
+    generator: Callable | None = None,
 ) -> list[ItemResult]:
     """Answer ``items`` with ``method`` and grade them; one :class:`ItemResult` per item, in order.
 
@@ -192,6 +194,10 @@ def run_items(
             The sandbox's time limit per code item (:func:`~em_hf.eval.sandbox.run_code`).
         num_parameters (`int`, *optional*):
             P of the FLOPs count; defaults to ``model.num_parameters()`` (tied weights once).
+        generator (`Callable`, *optional*):
+            What generates the completions, called as
+            :func:`~em_hf.generation.batched.generate_completions` (the default, ``model.generate``);
+            :class:`~em_hf.generation.vllm.engine.VLLMGenerator` generates with a vLLM engine.
 
     Returns:
         `list[ItemResult]`
@@ -212,6 +218,7 @@ def run_items(
     # P of the 2PD rule; PreTrainedModel.num_parameters() counts a tied embedding/LM head once.
     params = model.num_parameters() if num_parameters is None else num_parameters
     n = method.num_trajectories
+    generate_fn = generate_completions if generator is None else generator
     generate = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=False)
     if method.strategy == "sc":
         code = [item for item in items if item.task == "code"]
@@ -222,7 +229,7 @@ def run_items(
                 "no final answer to vote on. Use a single-trajectory method or refinement."
             )
         prompts = [item.prompt for item in items for _ in range(n)]
-        completions, _ = generate_completions(model, tokenizer, prompts, method, **generate)
+        completions, _ = generate_fn(model, tokenizer, prompts, method, **generate)
         results = []
         for index, item in enumerate(items):
             group = completions[index * n : (index + 1) * n]
@@ -244,7 +251,7 @@ def run_items(
             for item, history in zip(items, rounds, strict=True)
         ]
         generate["seed"] = seed + 7919 * round_index  # a different stream for each round
-        completions, _ = generate_completions(model, tokenizer, prompts, method, **generate)
+        completions, _ = generate_fn(model, tokenizer, prompts, method, **generate)
         for history, completion in zip(rounds, completions, strict=True):
             history.append(completion)
     results = []

