@@ -71,9 +71,11 @@ def _rollouts_class() -> type:
             check_vllm_available()
             check_vllm_mode(self.mode)
             if self.mode == "server":
+                import requests  # trl's VLLMClient raises requests' ConnectionError (not the builtin one)
+
                 try:
                     return super()._init_vllm()
-                except ConnectionError as error:
+                except (ConnectionError, requests.exceptions.ConnectionError) as error:
                     raise ConnectionError(
                         f"{error} (vllm_mode='server': start it with `trl vllm-serve --model <path>` or "
                         "`vllm serve <path>`, and point `vllm_server_base_url` or `vllm_server_host`/"
