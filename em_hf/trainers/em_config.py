@@ -94,7 +94,7 @@ class EntropyMinConfig(TrainingArguments):
             Rows per chunk of the fused LM-head entropy (:func:`em_hf.ops.linear_entropy_loss`), which never
             holds the full [rows, vocab] logits. `None`: about 3 * 2**24 / vocab rows.
 
-        > Rollouts from vLLM (names and meanings as in trl's ``GRPOConfig``; trl's ``VLLMGeneration`` does the work)
+        > Rollouts from vLLM (trl's ``GRPOConfig`` names and meanings; trl's ``VLLMGeneration`` runs them)
 
         use_vllm (`bool`, *optional*, defaults to `False`):
             Generate the rollouts with vLLM instead of ``model.generate``. The prompts are rendered by
@@ -207,14 +207,17 @@ class EntropyMinConfig(TrainingArguments):
     use_vllm: bool = field(default=False, metadata={"help": "Generate the rollouts with vLLM."})
     vllm_mode: str = field(
         default="colocate",
-        metadata={"help": "'colocate' (an engine in the training process) or 'server' (trl vllm-serve / vllm serve)."},
+        metadata={
+            "help": "'colocate' (an engine in this process) or 'server' (trl vllm-serve / vllm serve)."
+        },
     )
     vllm_model_impl: str = field(default="vllm", metadata={"help": "vLLM model implementation (colocate)."})
     vllm_gpu_memory_utilization: float = field(
         default=0.3, metadata={"help": "Share of accelerator memory vLLM may take (colocate)."}
     )
     vllm_max_model_length: int | None = field(
-        default=None, metadata={"help": "The engine's context length (colocate); None: from the model config."}
+        default=None,
+        metadata={"help": "The engine's context length (colocate); None: the model's."},
     )
     vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "Tensor-parallel size (colocate)."})
     vllm_enable_sleep_mode: bool = field(
@@ -222,7 +225,7 @@ class EntropyMinConfig(TrainingArguments):
     )
     vllm_engine_kwargs: dict[str, Any] | None = field(
         default=None,
-        metadata={"help": "Extra vllm.LLM arguments (colocate), e.g. {'dtype': 'float32', 'enforce_eager': True}."},
+        metadata={"help": "Extra vllm.LLM arguments (colocate), e.g. {'enforce_eager': True}."},
     )
     vllm_server_base_url: str | None = field(
         default=None, metadata={"help": "The vLLM server's URL; overrides host and port."}
@@ -232,7 +235,7 @@ class EntropyMinConfig(TrainingArguments):
     vllm_server_timeout: float = field(
         default=240.0, metadata={"help": "Seconds to wait for the vLLM server before a ConnectionError."}
     )
-    vllm_group_port: int = field(default=51216, metadata={"help": "Port of the weight-update group (server)."})
+    vllm_group_port: int = field(default=51216, metadata={"help": "Weight-update group port (server)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()

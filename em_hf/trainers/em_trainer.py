@@ -106,7 +106,7 @@ def _as_prompt_dataset(dataset: Any, name: str):
 
 def _repeat_group_size(rows: Sequence[Sequence[int]], num_generations: int) -> int:
     """The largest k dividing both ``len(rows)`` and ``num_generations`` such that the rows come in runs of k
-    identical prompts (trl's ``RepeatSampler`` order), else 1: a vLLM server then samples ``n=k`` per prompt."""
+    identical prompts (trl's ``RepeatSampler`` order), else 1; a vLLM server samples ``n=k`` per prompt."""
     size = math.gcd(len(rows), num_generations)
     while size > 1:
         if len(rows) % size == 0 and all(rows[i] == rows[i - i % size] for i in range(len(rows))):
@@ -300,11 +300,13 @@ class EntropyMinTrainer(Trainer):
         return GenerationConfig(**values)
 
     def _build_vllm_rollouts(self):
-        """trl's ``VLLMGeneration`` (as :class:`~em_hf.trainers.vllm_rollouts.VLLMRollouts`) from the config."""
+        """trl's ``VLLMGeneration`` (as ``em_hf.trainers.vllm_rollouts.VLLMRollouts``) from the config."""
         from em_hf.trainers.vllm_rollouts import make_vllm_rollouts
 
         args = self.args
-        generation_kwargs = {"stop_token_ids": self._eos_token_ids() or []}  # the trainer's EOS, as `generate`
+        generation_kwargs = {
+            "stop_token_ids": self._eos_token_ids() or []
+        }  # the trainer's EOS, as `generate`
         generation_kwargs.update(args.generation_kwargs or {})
         return make_vllm_rollouts(
             model=self.model,
@@ -364,7 +366,9 @@ class EntropyMinTrainer(Trainer):
     # ----------------------------------------------------------------------------------------- rollouts
     def _tokenize_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``prompt_ids``, ``prompt_mask``; prompts over ``max_prompt_length`` lose the start."""
-        prompt_ids, prompt_mask = left_pad(self._prompt_token_rows(prompts), self.processing_class.pad_token_id)
+        prompt_ids, prompt_mask = left_pad(
+            self._prompt_token_rows(prompts), self.processing_class.pad_token_id
+        )
         device = self.accelerator.device
         return prompt_ids.to(device), prompt_mask.to(device)
 
@@ -397,7 +401,10 @@ class EntropyMinTrainer(Trainer):
         """Sample one completion per prompt with the current weights; the batch in trl's layout."""
         rows = self._prompt_token_rows(prompts)
         prompt_ids, prompt_mask = left_pad(rows, self.processing_class.pad_token_id)
-        prompt_ids, prompt_mask = prompt_ids.to(self.accelerator.device), prompt_mask.to(self.accelerator.device)
+        prompt_ids, prompt_mask = (
+            prompt_ids.to(self.accelerator.device),
+            prompt_mask.to(self.accelerator.device),
+        )
         mode = "train" if self.model.training else "eval"
         if self.vllm_generation is not None:
             completion_ids = self._vllm_completion_ids(rows)

@@ -30,7 +30,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["VLLM_MODES", "VLLM_NOT_INSTALLED", "VLLMRollouts", "check_vllm_available", "make_vllm_rollouts"]
+__all__ = [
+    "VLLM_MODES",
+    "VLLM_NOT_INSTALLED",
+    "check_vllm_available",
+    "check_vllm_mode",
+    "make_vllm_rollouts",
+]
 
 VLLM_MODES = ("colocate", "server")
 VLLM_NOT_INSTALLED = "vLLM is not installed: make installs it"
@@ -104,8 +110,8 @@ def _rollouts_class() -> type:
 
             runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
             runner.reload_weights(weights_iterator=self._iter_named_params(), is_checkpoint_format=True)
-            # A tied LM head shares the embedding's Parameter, so the reload (which walks each Parameter once)
-            # does not repack it: its CPU GEMM would keep the old weights. Repack every embedding-method layer.
+            # A tied LM head shares the embedding's Parameter, so the reload (which walks each Parameter
+            # once) does not repack it: its CPU GEMM would keep the old weights. Repack those layers.
             for module in runner.get_model().modules():
                 if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
                     module.quant_method.process_weights_after_loading(module)

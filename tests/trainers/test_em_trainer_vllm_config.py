@@ -1,10 +1,11 @@
-"""vLLM rollouts of EntropyMinTrainer without an engine: argument checks, the missing-vLLM error, an unreachable
-server, and server mode's request mapping and batch layout through trl's ``VLLMGeneration`` with a fake client.
-These run with or without vLLM installed (trl's availability check is patched where an engine is not needed)."""
+"""vLLM rollouts of EntropyMinTrainer without an engine: argument checks, the missing-vLLM error, an
+unreachable server, and server mode's request mapping and batch layout through trl's ``VLLMGeneration``
+with a fake client. They run with or without vLLM (trl's availability check is patched where needed)."""
 
 from __future__ import annotations
 
 import socket
+from typing import ClassVar
 
 import pytest
 import torch
@@ -58,7 +59,9 @@ def test_use_vllm_without_vllm_names_the_install(monkeypatch, tmp_path):
 
 
 def test_unknown_vllm_mode(vllm_reported_available, tmp_path):
-    with pytest.raises(ValueError, match=r"`vllm_mode` must be one of \('colocate', 'server'\), got 'remote'"):
+    with pytest.raises(
+        ValueError, match=r"`vllm_mode` must be one of \('colocate', 'server'\), got 'remote'"
+    ):
         _config(tmp_path, vllm_mode="remote")
 
 
@@ -67,14 +70,18 @@ def test_unreachable_server(vllm_reported_available, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     args = _config(tmp_path, vllm_server_base_url=f"http://127.0.0.1:{port}", vllm_server_timeout=0.0)
-    with pytest.raises(ConnectionError, match=rf"can't be reached at http://127.0.0.1:{port}.*vllm_server_base_url"):
-        EntropyMinTrainer(make_tiny_llama(), args, train_dataset=PROMPTS, processing_class=make_word_tokenizer())
+    with pytest.raises(
+        ConnectionError, match=rf"can't be reached at http://127.0.0.1:{port}.*vllm_server_base_url"
+    ):
+        EntropyMinTrainer(
+            make_tiny_llama(), args, train_dataset=PROMPTS, processing_class=make_word_tokenizer()
+        )
 
 
 class FakeClient:
-    """Records what trl's VLLMGeneration sends; answers like trl's VLLMClient.generate (prompt-major, n each)."""
+    """Records what trl's VLLMGeneration sends; answers as VLLMClient.generate (prompt-major, n each)."""
 
-    instances: list[FakeClient] = []
+    instances: ClassVar[list[FakeClient]] = []
 
     def __init__(self, base_url=None, group_port=None, connection_timeout=None):
         self.base_url, self.calls, self.synced = base_url, [], []
@@ -92,12 +99,21 @@ class FakeClient:
     def generate(self, prompts, features=None, **sampling):
         self.calls.append({"prompts": [list(p) for p in prompts], **sampling})
         completions = []
-        for prompt in prompts:
+        for _prompt in prompts:
             for j in range(sampling["n"]):
                 # j even: three tokens then EOS; j odd: runs to max_tokens without EOS
-                row = [10 + j, 11, 12, WORD_EOS_ID] if j % 2 == 0 else [20 + k for k in range(sampling["max_tokens"])]
+                row = (
+                    [10 + j, 11, 12, WORD_EOS_ID]
+                    if j % 2 == 0
+                    else [20 + k for k in range(sampling["max_tokens"])]
+                )
                 completions.append(row[: sampling["max_tokens"]])
-        return {"prompt_ids": prompts, "completion_ids": completions, "logprobs": None, "logprob_token_ids": None}
+        return {
+            "prompt_ids": prompts,
+            "completion_ids": completions,
+            "logprobs": None,
+            "logprob_token_ids": None,
+        }
 
 
 def test_server_mode_request_mapping_and_batch_layout(vllm_reported_available, monkeypatch, tmp_path):
