@@ -11,6 +11,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 if __name__ == "__main__":
     import torch
+    from datasets import Dataset
 
     from em_hf import EMRLOOConfig, EMRLOOTrainer
     from em_hf.generation.prompts import render_prompts
@@ -40,9 +41,15 @@ if __name__ == "__main__":
         vllm_max_model_length=512,
         vllm_engine_kwargs={"dtype": "float32", "enforce_eager": True},
         model_init_kwargs={"dtype": torch.float32},
+        bf16=False,  # trl's default is bf16 autocast, which would also run the reference `generate` below
     )
     _, tokenizer = load_model(path)
-    trainer = EMRLOOTrainer(model=path, args=args, train_dataset=prompts, processing_class=tokenizer)
+    trainer = EMRLOOTrainer(
+        model=path,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tokenizer,
+    )
     trainer.train()
     rows = render_prompts(tokenizer, prompts)
     engine = trainer.vllm_generation
