@@ -364,14 +364,6 @@ class EntropyMinTrainer(Trainer):
         )
 
     # ----------------------------------------------------------------------------------------- rollouts
-    def _tokenize_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ``prompt_ids``, ``prompt_mask``; prompts over ``max_prompt_length`` lose the start."""
-        prompt_ids, prompt_mask = left_pad(
-            self._prompt_token_rows(prompts), self.processing_class.pad_token_id
-        )
-        device = self.accelerator.device
-        return prompt_ids.to(device), prompt_mask.to(device)
-
     def _prompt_token_rows(self, prompts: Sequence[Prompt]) -> list[list[int]]:
         """The rendered prompts' token ids; prompts over ``max_prompt_length`` lose their start."""
         tokenizer = self.processing_class
