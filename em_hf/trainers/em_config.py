@@ -94,6 +94,45 @@ class EntropyMinConfig(TrainingArguments):
             Rows per chunk of the fused LM-head entropy (:func:`em_hf.ops.linear_entropy_loss`), which never
             holds the full [rows, vocab] logits. `None`: about 3 * 2**24 / vocab rows.
 
+        > Rollouts from vLLM (trl's ``GRPOConfig`` names and meanings; trl's ``VLLMGeneration`` runs them)
+
+        use_vllm (`bool`, *optional*, defaults to `False`):
+            Generate the rollouts with vLLM instead of ``model.generate``. The prompts are rendered by
+            :func:`em_hf.generation.prompts.render_prompt` and sent as token ids; the batch handed to the loss
+            has the same layout as with ``generate``. ``temperature``, ``top_p``, ``top_k``,
+            ``repetition_penalty`` and ``max_completion_length`` become ``SamplingParams`` fields, and
+            ``generation_kwargs`` then holds extra ``SamplingParams`` fields (e.g. ``{"min_p": 0.05}``).
+        vllm_mode (`str`, *optional*, defaults to `"colocate"`):
+            ``"colocate"``: a ``vllm.LLM`` in the training process; after every optimizer step the new weights
+            are loaded into it before the next rollouts (on-policy). ``"server"``: requests to a
+            ``trl vllm-serve`` / ``vllm serve`` server through trl's ``VLLMClient``; its weights are updated
+            over vLLM's NCCL weight-transfer engine, which needs CUDA.
+        vllm_model_impl (`str`, *optional*, defaults to `"vllm"`):
+            ``"vllm"`` or ``"transformers"`` (vLLM's model implementation; colocate).
+        vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.3`):
+            Share of the accelerator's memory vLLM may take (colocate). vLLM's CPU backend sizes its KV cache
+            from ``VLLM_CPU_KVCACHE_SPACE`` (GiB) instead.
+        vllm_max_model_length (`int`, *optional*):
+            The engine's context length (colocate); at least the longest prompt plus
+            ``max_completion_length``. `None`: from the model config.
+        vllm_tensor_parallel_size (`int`, *optional*, defaults to `1`):
+            Tensor-parallel size of each colocated engine.
+        vllm_enable_sleep_mode (`bool`, *optional*, defaults to `False`):
+            Offload the engine's weights and KV cache during the optimizer step (colocate, GPU).
+        vllm_engine_kwargs (`dict[str, Any]`, *optional*):
+            Extra ``vllm.LLM`` arguments (colocate), e.g. ``{"dtype": "float32", "enforce_eager": True}``
+            on a CPU.
+        vllm_server_base_url (`str`, *optional*):
+            The server's URL (e.g. ``"http://127.0.0.1:8000"``); overrides host and port.
+        vllm_server_host (`str`, *optional*, defaults to `"0.0.0.0"`):
+            The server's host.
+        vllm_server_port (`int`, *optional*, defaults to `8000`):
+            The server's port.
+        vllm_server_timeout (`float`, *optional*, defaults to `240.0`):
+            Seconds to wait for the server to answer before a ``ConnectionError``.
+        vllm_group_port (`int`, *optional*, defaults to `51216`):
+            Port of the weight-update group with the server.
+
     Examples:
         >>> from em_hf import EntropyMinConfig
         >>> args = EntropyMinConfig.one_shot(output_dir="one-shot-em", report_to=[])
@@ -164,6 +203,40 @@ class EntropyMinConfig(TrainingArguments):
         },
     )
 
+    # Rollouts from vLLM (trl's GRPOConfig names).
+    use_vllm: bool = field(default=False, metadata={"help": "Generate the rollouts with vLLM."})
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={
+            "help": "'colocate' (an engine in this process) or 'server' (trl vllm-serve / vllm serve)."
+        },
+    )
+    vllm_model_impl: str = field(default="vllm", metadata={"help": "vLLM model implementation (colocate)."})
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "Share of accelerator memory vLLM may take (colocate)."}
+    )
+    vllm_max_model_length: int | None = field(
+        default=None,
+        metadata={"help": "The engine's context length (colocate); None: the model's."},
+    )
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "Tensor-parallel size (colocate)."})
+    vllm_enable_sleep_mode: bool = field(
+        default=False, metadata={"help": "Offload the engine during the optimizer step (colocate)."}
+    )
+    vllm_engine_kwargs: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "Extra vllm.LLM arguments (colocate), e.g. {'enforce_eager': True}."},
+    )
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "The vLLM server's URL; overrides host and port."}
+    )
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "The vLLM server's host."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "The vLLM server's port."})
+    vllm_server_timeout: float = field(
+        default=240.0, metadata={"help": "Seconds to wait for the vLLM server before a ConnectionError."}
+    )
+    vllm_group_port: int = field(default=51216, metadata={"help": "Weight-update group port (server)."})
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_em_fields()
@@ -183,6 +256,15 @@ class EntropyMinConfig(TrainingArguments):
         )
         check_int("top_k", self.top_k, minimum=0, hint=" (0 disables top-k)")
         check_number("beta", self.beta, low=0.0, hint=" (the KL weight)")
+        if self.use_vllm:
+            from em_hf.trainers.vllm_rollouts import check_vllm_available, check_vllm_mode
+
+            check_vllm_mode(self.vllm_mode)
+            check_int("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size)
+            if self.vllm_max_model_length is not None:
+                check_int("vllm_max_model_length", self.vllm_max_model_length)
+            check_number("vllm_server_timeout", self.vllm_server_timeout, low=0.0)
+            check_vllm_available()
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(
                 f"`loss_normalization` must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}."

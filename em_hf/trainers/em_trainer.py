@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import time
 import warnings
 from collections import defaultdict
@@ -101,6 +102,17 @@ def _as_prompt_dataset(dataset: Any, name: str):
     if len(dataset) == 0:
         raise ValueError(f"`{name}` is empty: give at least one prompt.")
     return dataset
+
+
+def _repeat_group_size(rows: Sequence[Sequence[int]], num_generations: int) -> int:
+    """The largest k dividing both ``len(rows)`` and ``num_generations`` such that the rows come in runs of k
+    identical prompts (trl's ``RepeatSampler`` order), else 1; a vLLM server samples ``n=k`` per prompt."""
+    size = math.gcd(len(rows), num_generations)
+    while size > 1:
+        if len(rows) % size == 0 and all(rows[i] == rows[i - i % size] for i in range(len(rows))):
+            return size
+        size -= 1
+    return 1
 
 
 class EntropyMinTrainer(Trainer):
@@ -228,6 +240,8 @@ class EntropyMinTrainer(Trainer):
         self._micro_steps = 0
         self.generation_config = self._build_generation_config(args, processing_class)
         self.ref_model = self._build_reference_model() if args.beta > 0 else None
+        self.vllm_generation = self._build_vllm_rollouts() if args.use_vllm else None
+        self._last_loaded_step = -1  # the global step whose weights the vLLM engine holds
 
     # ----------------------------------------------------------------------------------------- set-up
     @staticmethod
@@ -281,8 +295,44 @@ class EntropyMinTrainer(Trainer):
             "pad_token_id": tokenizer.pad_token_id,
             "eos_token_id": tokenizer.eos_token_id,
         }
-        values.update(args.generation_kwargs or {})
+        if not args.use_vllm:  # with vLLM they are SamplingParams fields (trl's convention)
+            values.update(args.generation_kwargs or {})
         return GenerationConfig(**values)
+
+    def _build_vllm_rollouts(self):
+        """trl's ``VLLMGeneration`` (as ``em_hf.trainers.vllm_rollouts.VLLMRollouts``) from the config."""
+        from em_hf.trainers.vllm_rollouts import make_vllm_rollouts
+
+        args = self.args
+        generation_kwargs = {
+            "stop_token_ids": self._eos_token_ids() or []
+        }  # the trainer's EOS, as `generate`
+        generation_kwargs.update(args.generation_kwargs or {})
+        return make_vllm_rollouts(
+            model=self.model,
+            accelerator=self.accelerator,
+            processing_class=self.processing_class,
+            mode=args.vllm_mode,
+            server_base_url=args.vllm_server_base_url,
+            server_host=args.vllm_server_host,
+            server_port=args.vllm_server_port,
+            server_timeout=args.vllm_server_timeout,
+            group_port=args.vllm_group_port,
+            tensor_parallel_size=args.vllm_tensor_parallel_size,
+            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+            max_model_length=args.vllm_max_model_length,
+            max_num_seqs=args.per_device_train_batch_size * args.vllm_tensor_parallel_size,
+            enable_sleep_mode=args.vllm_enable_sleep_mode,
+            model_impl=args.vllm_model_impl,
+            repetition_penalty=args.repetition_penalty,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            max_completion_length=args.max_completion_length,
+            logprobs=None,  # the loss rescores the completions with the training model
+            generation_kwargs=generation_kwargs,
+            engine_kwargs=args.vllm_engine_kwargs,
+        )
 
     def _build_reference_model(self) -> nn.Module | None:
         """None for a PEFT model (its adapters are disabled instead), else a frozen copy of the model."""
@@ -314,8 +364,8 @@ class EntropyMinTrainer(Trainer):
         )
 
     # ----------------------------------------------------------------------------------------- rollouts
-    def _tokenize_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ``prompt_ids``, ``prompt_mask``; prompts over ``max_prompt_length`` lose the start."""
+    def _prompt_token_rows(self, prompts: Sequence[Prompt]) -> list[list[int]]:
+        """The rendered prompts' token ids; prompts over ``max_prompt_length`` lose their start."""
         tokenizer = self.processing_class
         ids = render_prompts(tokenizer, prompts)
         limit = self.args.max_prompt_length
@@ -330,9 +380,7 @@ class EntropyMinTrainer(Trainer):
                 )
                 self._warned_truncation = True
             ids = [row[-limit:] for row in ids]
-        prompt_ids, prompt_mask = left_pad(ids, tokenizer.pad_token_id)
-        device = self.accelerator.device
-        return prompt_ids.to(device), prompt_mask.to(device)
+        return [list(row) for row in ids]
 
     def _eos_token_ids(self) -> list[int] | None:
         eos = self.generation_config.eos_token_id
@@ -343,10 +391,23 @@ class EntropyMinTrainer(Trainer):
     @torch.no_grad()
     def generate_batch(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
         """Sample one completion per prompt with the current weights; the batch in trl's layout."""
+        rows = self._prompt_token_rows(prompts)
+        prompt_ids, prompt_mask = left_pad(rows, self.processing_class.pad_token_id)
+        prompt_ids, prompt_mask = (
+            prompt_ids.to(self.accelerator.device),
+            prompt_mask.to(self.accelerator.device),
+        )
+        mode = "train" if self.model.training else "eval"
+        if self.vllm_generation is not None:
+            completion_ids = self._vllm_completion_ids(rows)
+        else:
+            completion_ids = self._hf_completion_ids(prompt_ids, prompt_mask)
+        return self._completion_batch(prompt_ids, prompt_mask, completion_ids, mode)
+
+    def _hf_completion_ids(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """``generate``'s new tokens [N, longest] (rows finished early are padded after their EOS)."""
         from trl.models.utils import unwrap_model_for_generation
 
-        prompt_ids, prompt_mask = self._tokenize_prompts(prompts)
-        mode = "train" if self.model.training else "eval"
         with unwrap_model_for_generation(
             self.model_wrapped,
             self.accelerator,
@@ -360,7 +421,28 @@ class EntropyMinTrainer(Trainer):
                 )
             finally:
                 unwrapped.train(was_training)
-        completion_ids = output[:, prompt_ids.shape[1] :]
+        return output[:, prompt_ids.shape[1] :]
+
+    def _vllm_completion_ids(self, rows: list[list[int]]) -> torch.Tensor:
+        """vLLM's completions of the prompt rows [N, longest], right-padded; the engine first gets the weights
+        of the current optimizer step if it does not have them (colocate: loaded in place; server: sent)."""
+        if self.state.global_step != self._last_loaded_step:
+            self.vllm_generation.sync_weights()
+            self._last_loaded_step = self.state.global_step
+        _, completions, _, _ = self.vllm_generation.generate(
+            prompts=rows, images=None, num_generations=_repeat_group_size(rows, self.args.num_generations)
+        )
+        if len(completions) != len(rows):
+            raise RuntimeError(f"vLLM returned {len(completions)} completions for {len(rows)} prompts.")
+        width = max(1, max(len(ids) for ids in completions))
+        pad = self.processing_class.pad_token_id
+        padded = [list(ids) + [pad] * (width - len(ids)) for ids in completions]
+        return torch.tensor(padded, dtype=torch.long, device=self.accelerator.device)
+
+    def _completion_batch(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, mode: str
+    ) -> dict[str, torch.Tensor]:
+        """trl's layout from the new tokens: mask through the first EOS, pad after it; logs the lengths."""
         eos = self._eos_token_ids()
         completion_mask = completion_mask_from_ids(completion_ids, eos).to(completion_ids.device)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, self.processing_class.pad_token_id)

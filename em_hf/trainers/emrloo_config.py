@@ -41,6 +41,11 @@ class EMRLOOConfig(RLOOConfig):
             Weight of the EM reward in the weighted sum of rewards (the user's reward functions are
             weighted by ``reward_weights``). 0 keeps it as a logged metric only.
 
+        vllm_engine_kwargs (`dict[str, Any]`, *optional*):
+            With ``use_vllm=True, vllm_mode="colocate"``: extra ``vllm.LLM`` arguments for trl's call, e.g.
+            ``{"dtype": "float32", "enforce_eager": True}`` on a CPU. (trl's colocated engine is also given a
+            weight sync that works on vLLM's CPU backend: see :mod:`em_hf.trainers.vllm_rollouts`.)
+
     ``num_generations`` must be at least 2: the RLOO baseline of a completion is the mean reward of
     the other completions of its prompt. Use :meth:`paper` for the paper's values.
 
@@ -61,6 +66,13 @@ class EMRLOOConfig(RLOOConfig):
     em_reward_weight: float = field(
         default=1.0,
         metadata={"help": "Weight of the EM reward in the weighted sum of rewards."},
+    )
+
+    vllm_engine_kwargs: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "Extra vllm.LLM arguments for trl's colocated engine, e.g. {'enforce_eager': True}."
+        },
     )
 
     def __post_init__(self) -> None:

@@ -39,6 +39,8 @@ Supported trl versions: :data:`SUPPORTED_TRL` (pinned in setup.cfg).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -107,6 +109,22 @@ class _EMReward:
         if trainer is None:
             raise RuntimeError("the EMRLOOTrainer that owns this EM reward no longer exists.")
         return trainer._em_rewards(completion_ids)
+
+
+@contextlib.contextmanager
+def _vllm_generation_patch(args: EMRLOOConfig):
+    """trl's ``RLOOTrainer.__init__`` builds ``VLLMGeneration`` by name: let it build em_hf's subclass."""
+    from trl.trainer import rloo_trainer
+
+    from em_hf.trainers.vllm_rollouts import check_vllm_available, make_vllm_rollouts
+
+    check_vllm_available()
+    original = rloo_trainer.VLLMGeneration
+    rloo_trainer.VLLMGeneration = functools.partial(make_vllm_rollouts, engine_kwargs=args.vllm_engine_kwargs)
+    try:
+        yield
+    finally:
+        rloo_trainer.VLLMGeneration = original
 
 
 class EMRLOOTrainer(RLOOTrainer):
@@ -239,20 +257,24 @@ class EMRLOOTrainer(RLOOTrainer):
         # trl checks len(reward_weights) == len(reward_funcs) in __init__; the EM weight is appended
         # below, so hide the user's weights from it for the duration of the call.
         args.reward_weights = None
+        # With use_vllm, trl builds its VLLMGeneration here; em_hf's subclass adds `vllm_engine_kwargs` and a
+        # weight sync that works on vLLM's CPU backend (trl's stops there: see em_hf.trainers.vllm_rollouts).
+        patch = _vllm_generation_patch(args) if args.use_vllm else contextlib.nullcontext()
         try:
-            super().__init__(
-                model=model,
-                reward_funcs=funcs,
-                args=args,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=processing_class,
-                reward_processing_classes=reward_processing_classes,
-                callbacks=callbacks,
-                optimizers=optimizers,
-                quantization_config=quantization_config,
-                peft_config=peft_config,
-            )
+            with patch:
+                super().__init__(
+                    model=model,
+                    reward_funcs=funcs,
+                    args=args,
+                    train_dataset=train_dataset,
+                    eval_dataset=eval_dataset,
+                    processing_class=processing_class,
+                    reward_processing_classes=reward_processing_classes,
+                    callbacks=callbacks,
+                    optimizers=optimizers,
+                    quantization_config=quantization_config,
+                    peft_config=peft_config,
+                )
         finally:
             args.reward_weights = user_weights
         weights = list(user_weights) if user_weights is not None else [1.0] * len(user_funcs)
