@@ -34,7 +34,6 @@ carry no seed and go ``batch_size`` at a time.
 
 from __future__ import annotations
 
-import importlib
 import random
 import time
 from collections.abc import Sequence
@@ -61,35 +60,22 @@ __all__ = [
 ]
 
 MAX_SEEDED_PER_CALL = 32
-_PROCESSORS_MODULE = "em_hf.generation.vllm.processors"
 _EXTRA_ARGS_KEY = {"em-inf": "em_inf", "adaptive": "adaptive_temperature"}
 
 
 def _processor_classes() -> list[type]:
-    """The em_hf vLLM logits processors (EM-INF, adaptive temperature), or ``ImportError``."""
-    try:
-        module = importlib.import_module(_PROCESSORS_MODULE)
-    except ModuleNotFoundError as error:
-        if error.name != _PROCESSORS_MODULE:
-            raise
-        raise ImportError(
-            f"EM-INF and adaptive temperature in vLLM need the em_hf vLLM logits processors "
-            f"({_PROCESSORS_MODULE}), which this installation of em_hf does not have; run those methods "
-            "with the transformers engine (`--engine hf`)."
-        ) from error
-    return [module.EntropyMinVLLMProcessor, module.AdaptiveTemperatureVLLMProcessor]
+    """The em_hf vLLM logits processors (EM-INF, adaptive temperature); ``ImportError`` without vLLM."""
+    from em_hf.generation.vllm.processors import AdaptiveTemperatureVLLMProcessor, EntropyMinVLLMProcessor
+
+    return [EntropyMinVLLMProcessor, AdaptiveTemperatureVLLMProcessor]
 
 
 def check_methods(methods: Sequence[DecodingMethod]) -> None:
-    """Fail early (``ImportError``) when a method needs the em_hf vLLM logits processors (EM-INF,
-    adaptive temperature) and this installation lacks them; vLLM itself must be installed."""
+    """Fail early (``ImportError`` saying how to install it) when vLLM is missing, before an engine
+    start-up; the processors of EM-INF and adaptive temperature are loaded when a method needs them."""
     import_vllm()
-    needing = [m.name for m in methods if m.base in _EXTRA_ARGS_KEY]
-    if needing:
-        try:
-            _processor_classes()
-        except ImportError as error:
-            raise ImportError(f"{', '.join(needing)}: {error}") from error
+    if any(m.base in _EXTRA_ARGS_KEY for m in methods):
+        _processor_classes()
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -163,8 +149,7 @@ def sampling_params(
 
 
 def load_vllm(model: str, **llm_kwargs):
-    """A ``vllm.LLM`` for ``model`` (a Hub id or folder) with the em_hf logits processors registered
-    when this installation has them (without them, EM-INF and adaptive temperature raise when used).
+    """A ``vllm.LLM`` for ``model`` (a Hub id or folder) with the em_hf logits processors registered.
 
     Parameters:
         model (`str`):
@@ -185,12 +170,7 @@ def load_vllm(model: str, **llm_kwargs):
         ...                 max_model_len=512)  # doctest: +SKIP
     """
     vllm = import_vllm()
-    try:
-        processors = _processor_classes()
-    except ImportError:
-        processors = []
-    if processors:
-        llm_kwargs.setdefault("logits_processors", processors)
+    llm_kwargs.setdefault("logits_processors", _processor_classes())
     return vllm.LLM(model=str(model), **llm_kwargs)
 
 
@@ -296,8 +276,6 @@ class VLLMGenerator:
         :func:`~em_hf.generation.batched.generate_completions`."""
         if len(prompts) == 0:
             raise ValueError("`prompts` is empty: nothing to generate.")
-        if method.base in _EXTRA_ARGS_KEY:
-            _processor_classes()  # a clear error now rather than a silently ignored extra_args
         import_vllm()
         from vllm.inputs import TokensPrompt
 

@@ -315,17 +315,17 @@ class AdaptiveTemperatureVLLMProcessor(_RowSettingsProcessor):
     Examples:
 
     ```python
-    >>> import torch
-    >>> from vllm import SamplingParams
-    >>> from vllm.v1.sample.logits_processor import BatchUpdate
-    >>> from em_hf.generation.vllm import AdaptiveTemperatureVLLMProcessor
-    >>> processor = AdaptiveTemperatureVLLMProcessor(None, torch.device("cpu"), False)
-    >>> on = SamplingParams(extra_args={"adaptive_temperature": '{"alpha": 0.5, "tol": 0.01}'})
-    >>> processor.update_state(BatchUpdate(batch_size=1, removed=[], moved=[], added=[(0, on, [1], [])]))
+    One request with alpha 0.5 (settings may also be a JSON string, as ``vllm_xargs`` must send them):
+
+    >>> import torch, vllm
+    >>> from em_hf.generation.vllm import AdaptiveTemperatureVLLMProcessor as Processor
+    >>> processor = Processor(None, torch.device("cpu"), False)
+    >>> on = vllm.SamplingParams(extra_args={"adaptive_temperature": '{"alpha": 0.5, "tol": 0.01}'})
+    >>> added = [(0, on, [1], [])]
+    >>> processor.update_state(vllm.v1.sample.logits_processor.BatchUpdate(1, [], added, []))
     >>> processor.apply(torch.tensor([[1.0, 0.5, 0.0, -0.5]])).round(decimals=2)
     tensor([[ 3.2100,  1.6000,  0.0000, -1.6000]])
-    >>> AdaptiveTemperatureVLLMProcessor.validate_params(
-    ...     SamplingParams(extra_args={"adaptive_temperature": {"alpha": 2}}))
+    >>> Processor.validate_params(vllm.SamplingParams(extra_args={"adaptive_temperature": {"alpha": 2}}))
     Traceback (most recent call last):
     ...
     ValueError: `alpha` must be a finite number in (0.0, 1.0], got 2.

