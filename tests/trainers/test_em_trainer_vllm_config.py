@@ -17,32 +17,18 @@ from em_hf.generation.prompts import left_pad, render_prompts
 from em_hf.trainers import EntropyMinConfig, EntropyMinTrainer
 from em_hf.trainers.em_trainer import _repeat_group_size
 from tests.helpers import WORD_EOS_ID, make_tiny_llama, make_word_tokenizer
+from tests.trainers.test_em_trainer import em_config
 
 PROMPTS = ["Compute 2 + 3", "Compute 4 - 1"]
 
 
 def _config(tmp_path, **overrides) -> EntropyMinConfig:
-    values = {
-        "output_dir": str(tmp_path / "out"),
-        "max_steps": 1,
-        "per_device_train_batch_size": 4,
-        "num_generations": 2,
-        "max_completion_length": 5,
-        "temperature": 0.7,
-        "top_p": 0.9,
-        "top_k": 20,
-        "repetition_penalty": 1.1,
-        "learning_rate": 1e-3,
-        "report_to": [],
-        "save_strategy": "no",
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "use_vllm": True,
-        "vllm_mode": "server",
-        "vllm_server_base_url": "http://127.0.0.1:9",
-    }
-    values.update(overrides)
-    return EntropyMinConfig(**values)
+    """The trainer tests' config with server-mode vLLM rollouts and non-default sampling settings."""
+    settings = {"max_steps": 1, "max_completion_length": 5, "temperature": 0.7, "top_p": 0.9, "top_k": 20}
+    settings.update(repetition_penalty=1.1, use_vllm=True, vllm_mode="server")
+    settings["vllm_server_base_url"] = "http://127.0.0.1:9"
+    settings.update(overrides)
+    return em_config(tmp_path, **settings)
 
 
 @pytest.fixture
