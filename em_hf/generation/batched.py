@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -14,7 +15,7 @@ from em_hf.generation.decoding import DecodingMethod
 from em_hf.generation.prompts import Prompt, left_pad, render_prompts
 from em_hf.generation.recording import TokenEntropyRecorder, completion_mask
 
-__all__ = ["Completion", "generate_completions"]
+__all__ = ["Completion", "eos_token_ids", "generate_completions"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,18 @@ class Completion:
     mean_entropy: float
     prompt_tokens: int = 0
     seconds: float = field(default=0.0, compare=False)
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The ids ``generate`` stops at: the model's generation config EOS (int or list), else the
+    tokenizer's."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None) if config is not None else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
 
 
 def generate_completions(
@@ -107,9 +120,7 @@ def generate_completions(
             "`tokenizer.pad_token = tokenizer.eos_token`."
         )
     rows = render_prompts(tokenizer, prompts)
-    eos_token_id = model.generation_config.eos_token_id
-    if eos_token_id is None:
-        eos_token_id = tokenizer.eos_token_id
+    eos_token_id = eos_token_ids(model, tokenizer) or None
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,

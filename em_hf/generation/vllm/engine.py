@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from em_hf.generation.batched import Completion
+from em_hf.generation.batched import Completion, eos_token_ids
 from em_hf.generation.decoding import DecodingMethod
 from em_hf.generation.prompts import Prompt, render_prompts
 from em_hf.generation.vllm._requirements import VLLM_INSTALL_HINT, import_vllm
@@ -53,7 +53,6 @@ __all__ = [
     "VLLM_INSTALL_HINT",
     "VLLMGenerator",
     "check_methods",
-    "eos_token_ids",
     "import_vllm",
     "load_vllm",
     "sampling_params",
@@ -76,18 +75,6 @@ def check_methods(methods: Sequence[DecodingMethod]) -> None:
     import_vllm()
     if any(m.base in _EXTRA_ARGS_KEY for m in methods):
         _processor_classes()
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The ids ``generate`` stops at: the model's generation config EOS (int or list), else the
-    tokenizer's."""
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None) if config is not None else None
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return []
-    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
 
 
 def sampling_params(

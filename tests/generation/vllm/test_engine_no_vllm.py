@@ -10,7 +10,7 @@ import torch
 
 from em_hf.eval.benchmarks import BenchmarkItem
 from em_hf.eval.runner import evaluate
-from em_hf.generation.batched import Completion, generate_completions
+from em_hf.generation.batched import Completion, eos_token_ids, generate_completions
 from em_hf.generation.decoding import parse_method
 from em_hf.generation.prompts import render_prompts
 from em_hf.generation.vllm import engine
@@ -25,7 +25,7 @@ def test_recomputed_entropy_equals_the_recorder_of_generate(sharp_llama, word_to
         sharp_llama, word_tokenizer, prompts, parse_method("sample"), max_new_tokens=6, progress=False
     )
     rows = render_prompts(word_tokenizer, prompts)
-    eos = engine.eos_token_ids(sharp_llama, word_tokenizer)
+    eos = eos_token_ids(sharp_llama, word_tokenizer)
     # The generated ids again, through the first EOS, from the same seeded generate call.
     torch.manual_seed(0)
     from em_hf.generation.prompts import left_pad
@@ -56,9 +56,9 @@ def test_through_eos_keeps_the_first_eos():
 
 def test_eos_token_ids_prefers_the_generation_config(sharp_llama, word_tokenizer):
     sharp_llama.generation_config.eos_token_id = [1, 3]
-    assert engine.eos_token_ids(sharp_llama, word_tokenizer) == [1, 3]
+    assert eos_token_ids(sharp_llama, word_tokenizer) == [1, 3]
     sharp_llama.generation_config.eos_token_id = None
-    assert engine.eos_token_ids(sharp_llama, word_tokenizer) == [word_tokenizer.eos_token_id]
+    assert eos_token_ids(sharp_llama, word_tokenizer) == [word_tokenizer.eos_token_id]
 
 
 class _FakeEngine:
