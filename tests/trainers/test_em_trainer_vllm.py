@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from em_hf.generation.prompts import left_pad, render_prompts
-from em_hf.trainers.vllm_rollouts import VLLM_NOT_INSTALLED
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason=VLLM_NOT_INSTALLED),
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None, reason="vLLM is not installed: make installs it"
+    ),
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
