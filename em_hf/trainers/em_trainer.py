@@ -219,13 +219,15 @@ class EntropyMinTrainer(Trainer):
         if train_dataset is not None:
             render_prompt(processing_class, train_dataset[0]["prompt"])  # fails early on a bad prompt
 
+        # Trainer's leading parameters in its own order: model, args, data_collator, train_dataset,
+        # eval_dataset, processing_class.
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=_keep_examples,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
+            model,
+            args,
+            _keep_examples,
+            train_dataset,
+            eval_dataset,
+            processing_class,
             callbacks=callbacks,
             optimizers=optimizers,
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
