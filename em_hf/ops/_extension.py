@@ -8,7 +8,9 @@ library in well under a second. Build ahead of time with ``em-hf build-ops``.
 The CPU sources are compiled with ``-march=native``, so the cached library runs only on CPUs with
 the instruction set of the machine that built it. Its name therefore carries a short key of that
 instruction set (:func:`isa_key`): machines that share a home directory but differ in their CPU
-each build and load their own copy instead of crashing on an illegal instruction.
+each build and load their own copy instead of crashing on an illegal instruction. It also carries
+a key of the sources (:func:`source_key`): every checkout or install with the same kernel sources
+shares one build, and a different version of the sources never loads another's library.
 
 The environment variable ``EM_HF_ENTROPY_BACKEND`` chooses the implementation:
 ``auto`` (default: the compiled kernels when they build, else the chunked PyTorch path with one
@@ -29,7 +31,7 @@ import torch
 
 from em_hf.utils.logging import get_logger
 
-__all__ = ["BACKEND_ENV", "backend", "build", "extension_name", "isa_key", "kernels_available"]
+__all__ = ["BACKEND_ENV", "backend", "build", "extension_name", "isa_key", "kernels_available", "source_key"]
 
 BACKEND_ENV = "EM_HF_ENTROPY_BACKEND"
 _CHOICES = ("auto", "torch", "cpp")
@@ -69,10 +71,21 @@ def isa_key(cpuinfo: str | None = None, machine: str | None = None) -> str:
     return hashlib.sha256(f"{machine}\n{features}".encode()).hexdigest()[:10]
 
 
+def source_key(folder: Path = _CSRC) -> str:
+    """A short hash of the kernel sources (every file of ``csrc/``, by name and content): checkouts or
+    installs with the same sources share one compiled library, different sources never load each
+    other's (their op schemas may differ)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:10]
+
+
 def extension_name(with_cuda: bool = False) -> str:
-    """The name under which torch builds and caches the kernels on this host (one per instruction
-    set, and separate entries with and without the CUDA kernels)."""
-    return f"em_hf_entropy_{'cuda' if with_cuda else 'cpu'}_{isa_key()}"
+    """The name under which torch builds and caches the kernels on this host: one per instruction set
+    and version of the sources, and separate entries with and without the CUDA kernels."""
+    return f"em_hf_entropy_{'cuda' if with_cuda else 'cpu'}_{isa_key()}_{source_key()}"
 
 
 def _with_cuda() -> bool:

@@ -1,4 +1,5 @@
-"""The kernel build: the cache name keyed by the instruction set, and the one log line of a build."""
+"""The kernel build: the cache name keyed by the instruction set and the sources, and the one log line of a
+build."""
 
 import logging
 import os
@@ -44,10 +45,27 @@ def test_isa_key_falls_back_to_the_processor_name(monkeypatch):
     assert extension.isa_key(machine="x86_64") == extension.isa_key("", "x86_64")
 
 
-def test_extension_name_carries_the_key():
-    key = extension.isa_key()
+def test_extension_name_carries_the_instruction_set_and_source_keys():
+    key = f"{extension.isa_key()}_{extension.source_key()}"
     assert extension.extension_name() == f"em_hf_entropy_cpu_{key}"
     assert extension.extension_name(with_cuda=True) == f"em_hf_entropy_cuda_{key}"
+
+
+def test_source_key_changes_with_any_source_and_only_with_the_sources(tmp_path):
+    """Two checkouts with different kernel sources (other op schemas) must not load each other's
+    library from the shared cache; two with the same sources share it."""
+    for name in ("schemas.cpp", "entropy_cpu.cpp"):
+        (tmp_path / name).write_text(f"// {name}\n")
+    key = extension.source_key(tmp_path)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    assert extension.source_key(tmp_path) == key  # a sub-folder is not a source
+    for name in ("schemas.cpp", "entropy_cpu.cpp"):
+        (copy / name).write_text(f"// {name}\n")
+    assert extension.source_key(copy) == key  # another checkout, same sources
+    (copy / "schemas.cpp").write_text("// schemas.cpp, with a new op\n")
+    assert extension.source_key(copy) != key
+    assert extension.source_key() == extension.source_key(extension._CSRC)
 
 
 @pytest.fixture
