@@ -19,6 +19,7 @@ __all__ = [
     "Completion",
     "CompletionGenerator",
     "GeneratedChunk",
+    "GenerationCall",
     "TransformersGenerator",
     "eos_token_ids",
     "generate_completions",
@@ -91,6 +92,29 @@ class GeneratedChunk:
     mean_entropies: list[float]
 
 
+@dataclass(frozen=True)
+class GenerationCall:
+    """The per-call settings a backend's :meth:`CompletionGenerator.prepare` gets.
+
+    Parameters:
+        num_prompts (`int`):
+            Prompts in the call.
+        max_new_tokens (`int`):
+            Maximum new tokens per completion.
+        seed (`int`):
+            The call's seed.
+
+    Examples:
+        >>> from em_hf.generation.batched import GenerationCall
+        >>> GenerationCall(num_prompts=2, max_new_tokens=8, seed=0).max_new_tokens
+        8
+    """
+
+    num_prompts: int
+    max_new_tokens: int
+    seed: int
+
+
 class CompletionGenerator:
     """The interface every generator of completions has, and what all of them share: the checks, the
     prompt rendering, the chunk loop with its progress bar and the time accounting. A backend subclasses
@@ -146,7 +170,8 @@ class CompletionGenerator:
         if len(prompts) == 0:
             raise ValueError("`prompts` is empty: nothing to generate.")
         rows = render_prompts(tokenizer, prompts)
-        plan = self.prepare(model, tokenizer, rows, method, max_new_tokens=max_new_tokens, seed=seed)
+        call = GenerationCall(num_prompts=len(rows), max_new_tokens=max_new_tokens, seed=seed)
+        plan = self.prepare(model, tokenizer, method, call)
         step = self.chunk_size(method, batch_size)
         start = time.perf_counter()
         completions: list[Completion] = []
@@ -167,16 +192,7 @@ class CompletionGenerator:
         """Prompts per :meth:`generate_chunk` call (``batch_size`` unless the backend needs fewer)."""
         return batch_size
 
-    def prepare(
-        self,
-        model,
-        tokenizer,
-        rows: list[list[int]],
-        method: DecodingMethod,
-        *,
-        max_new_tokens: int,
-        seed: int,
-    ) -> Any:
+    def prepare(self, model, tokenizer, method: DecodingMethod, call: GenerationCall) -> Any:
         """Per-call set-up before the first chunk (sampling configuration, seeds): the call's plan,
         handed to every :meth:`generate_chunk` of the call."""
         raise NotImplementedError(f"{type(self).__name__} must implement `prepare`.")
@@ -218,14 +234,7 @@ class TransformersGenerator(CompletionGenerator):
         return "TransformersGenerator()"
 
     def prepare(
-        self,
-        model,
-        tokenizer,
-        rows: list[list[int]],
-        method: DecodingMethod,
-        *,
-        max_new_tokens: int,
-        seed: int,
+        self, model, tokenizer, method: DecodingMethod, call: GenerationCall
     ) -> tuple[GenerationConfig, DecodingMethod]:
         if tokenizer.pad_token_id is None:
             raise ValueError(
@@ -233,12 +242,12 @@ class TransformersGenerator(CompletionGenerator):
                 "`tokenizer.pad_token = tokenizer.eos_token`."
             )
         config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=call.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=eos_token_ids(model, tokenizer) or None,
             **method.generation_kwargs(),
         )
-        torch.manual_seed(seed)
+        torch.manual_seed(call.seed)
         return config, method
 
     def generate_chunk(

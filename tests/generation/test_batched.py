@@ -191,15 +191,17 @@ class _EchoLengths(CompletionGenerator):
 
     def __init__(self) -> None:
         self.chunks: list[tuple[int, int]] = []
+        self.plans: list[dict] = []
 
     def chunk_size(self, method, batch_size: int) -> int:
         return min(batch_size, 3)
 
-    def prepare(self, model, tokenizer, rows, method, *, max_new_tokens: int, seed: int):
-        return {"offset": seed}
+    def prepare(self, model, tokenizer, method, call):
+        return {"offset": call.seed, "num_prompts": call.num_prompts}
 
     def generate_chunk(self, model, tokenizer, chunk, begin, plan) -> GeneratedChunk:
         self.chunks.append((begin, len(chunk)))
+        self.plans.append(plan)
         return GeneratedChunk(
             texts=[str(len(row) + plan["offset"]) for row in chunk],
             num_tokens=[1] * len(chunk),
@@ -216,6 +218,7 @@ def test_a_backend_gets_rendered_chunks_and_returns_completions_in_prompt_order(
     rows = render_prompts(word_tokenizer, prompts)
     assert backend.chunks == [(0, 3), (3, 3), (6, 2)]
     assert [c.text for c in completions] == [str(len(r) + 100) for r in rows]
+    assert backend.plans == [{"offset": 100, "num_prompts": 8}] * 3
     assert [c.prompt_tokens for c in completions] == [len(r) for r in rows]
     assert seconds >= sum(c.seconds for c in completions) * 0.99
 

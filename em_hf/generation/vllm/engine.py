@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from em_hf.generation.batched import CompletionGenerator, GeneratedChunk, eos_token_ids
+from em_hf.generation.batched import CompletionGenerator, GeneratedChunk, GenerationCall, eos_token_ids
 from em_hf.generation.decoding import DecodingMethod
 from em_hf.generation.vllm._requirements import VLLM_INSTALL_HINT, import_vllm
 from em_hf.ops.linear_entropy import linear_token_entropy
@@ -251,26 +251,19 @@ class VLLMGenerator(CompletionGenerator):
         return min(batch_size, MAX_SEEDED_PER_CALL) if method.do_sample else batch_size
 
     def prepare(
-        self,
-        model,
-        tokenizer,
-        rows: list[list[int]],
-        method: DecodingMethod,
-        *,
-        max_new_tokens: int,
-        seed: int,
+        self, model, tokenizer, method: DecodingMethod, call: GenerationCall
     ) -> tuple[list, list[int]]:
         import_vllm()
         stop = eos_token_ids(model, tokenizer)
-        rng = random.Random(seed)
+        rng = random.Random(call.seed)
         params = [
             sampling_params(
                 method,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=call.max_new_tokens,
                 stop_token_ids=stop,
                 seed=rng.getrandbits(31) if method.do_sample else None,
             )
-            for _ in rows
+            for _ in range(call.num_prompts)
         ]
         return params, stop
 
