@@ -320,6 +320,7 @@ class EntropyMinTrainer(Trainer):
             server_port=args.vllm_server_port,
             server_timeout=args.vllm_server_timeout,
             group_port=args.vllm_group_port,
+            weight_sync_dir=args.vllm_weight_sync_dir,
             tensor_parallel_size=args.vllm_tensor_parallel_size,
             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
             max_model_length=args.vllm_max_model_length,
