@@ -50,6 +50,11 @@ INSTALL_HINT = (
     "bubblewrap`; `make install` in the em_hf checkout does it)"
 )
 
+OPT_OUT_HINT = (
+    "To run code you trust without isolation from your files and network, pass isolation='process' "
+    "(em-hf eval --unsafe-code-sandbox)."
+)
+
 
 class SandboxUnavailableError(RuntimeError):
     """The bubblewrap sandbox cannot run here (no ``bwrap``, or the kernel refuses its namespaces)."""
@@ -157,7 +162,12 @@ def _interpreters() -> list[tuple[str, list[str]]]:
 
 
 def bwrap_command(
-    bwrap: str, python: str, folders: list[str], seccomp_fd: int | None, tmpfs_bytes: int
+    bwrap: str,
+    python: str,
+    folders: list[str],
+    seccomp_fd: int | None,
+    tmpfs_bytes: int,
+    info_fd: int | None = None,
 ) -> list[str]:
     """The ``bwrap`` argument list up to (and including) the interpreter; the caller appends its arguments."""
     args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", "1000", "--gid", "1000"]
@@ -174,6 +184,8 @@ def bwrap_command(
         args += ["--setenv", key, value]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
+    if info_fd is not None:
+        args += ["--info-fd", str(info_fd)]
     return [*args, python, "-I", "-B"]
 
 
@@ -183,7 +195,10 @@ def probe() -> tuple[str, str, tuple[str, ...]]:
     ``python -c pass`` in it); raises :class:`SandboxUnavailableError` saying why not."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        raise SandboxUnavailableError(f"the `bwrap` command is not installed: {INSTALL_HINT}")
+        raise SandboxUnavailableError(
+            f"em_hf runs model-written code under bubblewrap, and the `bwrap` command is not installed: "
+            f"{INSTALL_HINT}. {OPT_OUT_HINT}"
+        )
     reasons = []
     for python, folders in _interpreters():
         command = bwrap_command(bwrap, python, folders, None, 1 << 20)
@@ -206,5 +221,5 @@ def probe() -> tuple[str, str, tuple[str, ...]]:
         "bubblewrap is installed but cannot start the sandbox here (" + "; ".join(reasons) + "). It needs "
         "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or "
         "user.max_user_namespaces > 0; on Ubuntu 23.10+ an AppArmor profile allowing bwrap) and an "
-        "interpreter the sandbox user can read"
+        f"interpreter the sandbox user can read. {OPT_OUT_HINT}"
     )

@@ -222,7 +222,10 @@ def decode_value(encoded: Any) -> Any:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for str()
+        text = f"<int of {value.bit_length()} bits>"
     return text if len(text) <= 200 else text[:200] + "..."
 
 

@@ -75,6 +75,7 @@ ISOLATIONS = ("bwrap", "process")
 MAX_TIMEOUT_S = 24 * 3600.0
 _REPORT_LIMIT = 64 << 20  # bytes of result records; more is an attack on the parent's memory
 _STDERR_TAIL = 8192
+_EXIT_GRACE_S = 2.0  # how long pipes may stay open after the program's exit (leftover processes)
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 _state = {"isolation": "bwrap", "warned": False}
@@ -306,12 +307,14 @@ class _Outcome:
     overflow: bool
 
 
-def _command(mode: str, limits: tuple[int, ...], report_fd: int, seccomp_fd: int | None, work: str | None):
-    arguments = ["-c", HARNESS, *(str(value) for value in limits), str(report_fd)]
+def _command(mode: str, limits: tuple[int, ...], fds: dict[str, int], work: str | None):
+    arguments = ["-c", HARNESS, *(str(value) for value in limits), str(fds["report"])]
     if mode == "process":
         return [sys.executable, "-I", "-B", *arguments], {"cwd": work, "env": _process_env(work)}
     tool, python, folders = bwrap.probe()
-    command = bwrap.bwrap_command(tool, python, list(folders), seccomp_fd, 4 * limits[3])
+    command = bwrap.bwrap_command(
+        tool, python, list(folders), fds.get("seccomp"), 4 * limits[3], info_fd=fds["info"]
+    )
     return [*command, *arguments], {"cwd": "/", "env": {"PATH": "/usr/bin:/bin"}, **bwrap.spawn_kwargs()}
 
 
@@ -321,67 +324,85 @@ def _process_env(work: str | None) -> dict[str, str]:
 
 
 def _execute(mode: str, payload: bytes, limits: tuple[int, ...], deadline: float) -> _Outcome:
-    """Start the sandbox, feed it ``payload``, read its pipes until it exits or the deadline, kill it."""
-    report_r, report_w = os.pipe()
-    keep = [report_w]
-    seccomp = bwrap.seccomp_filter() if mode == "bwrap" else None
-    seccomp_fd = None
-    if seccomp is not None:
-        seccomp_fd, seccomp_w = os.pipe()
-        os.write(seccomp_w, seccomp)  # a few hundred bytes: fits the pipe's buffer
-        os.close(seccomp_w)
-        keep.append(seccomp_fd)
+    """Start the sandbox, feed it ``payload``, read its pipes until it exits or the deadline, kill it.
+
+    Pipes besides stdin/stdout/stderr: ``report`` (the verdict records), for bwrap ``info`` (bwrap's
+    JSON with the host pid of the sandbox's init, waited for so that nothing of the sandbox is alive
+    when this returns) and ``seccomp`` (the filter, read by bwrap)."""
+    ours, theirs = {}, {}
+    ours["report"], theirs["report"] = os.pipe()
+    if mode == "bwrap":
+        ours["info"], theirs["info"] = os.pipe()
+        seccomp = bwrap.seccomp_filter()
+        if seccomp is not None:
+            theirs["seccomp"], seccomp_w = os.pipe()
+            os.write(seccomp_w, seccomp)  # a few hundred bytes: fits the pipe's buffer
+            os.close(seccomp_w)
     work = tempfile.mkdtemp(prefix="em_hf_sandbox_") if mode == "process" else None
     try:
-        command, options = _command(mode, limits, report_w, seccomp_fd, work)
+        command, options = _command(mode, limits, theirs, work)
         try:
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=tuple(keep),
+                pass_fds=tuple(theirs.values()),
                 start_new_session=True,
                 **options,
             )
         finally:
-            for fd in keep:
+            for fd in theirs.values():
                 os.close(fd)
         try:
-            return _communicate(process, payload, report_r, deadline)
+            return _communicate(process, payload, ours, deadline)
         finally:
             _kill(process)
     finally:
-        os.close(report_r)
+        for fd in ours.values():
+            os.close(fd)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _communicate(process: subprocess.Popen, payload: bytes, report_fd: int, deadline: float) -> _Outcome:
-    """Every pipe is non-blocking and watched with one selector, whose waits never pass the deadline;
-    the loop ends when the process exits (its pidfd turns readable) or the deadline passes."""
+def _communicate(
+    process: subprocess.Popen, payload: bytes, pipes: dict[str, int], deadline: float
+) -> _Outcome:
+    """Every pipe is non-blocking and watched with one selector, whose waits never pass the deadline.
+    The loop ends when the process has exited (its pidfd turns readable), every pipe is at end of
+    file (every process holding it is gone) and the sandbox's init has exited (its PID namespace is
+    then empty); or at the deadline; or shortly after the exit when a leftover process lingers."""
     pidfd = os.pidfd_open(process.pid)
-    sources = {process.stdout.fileno(): "stdout", process.stderr.fileno(): "stderr", report_fd: "report"}
-    data = {"stdout": bytearray(), "stderr": bytearray(), "report": bytearray()}
+    sources = {process.stdout.fileno(): "stdout", process.stderr.fileno(): "stderr"}
+    sources |= {fd: name for name, fd in pipes.items()}
+    data = {name: bytearray() for name in sources.values()}
     selector = selectors.DefaultSelector()
     stdin = process.stdin.fileno()
     for fd in (*sources, stdin):
         os.set_blocking(fd, False)
-    for fd in sources:
+    for fd in (*sources, pidfd):
         selector.register(fd, selectors.EVENT_READ)
     selector.register(stdin, selectors.EVENT_WRITE)
-    selector.register(pidfd, selectors.EVENT_READ)
     pending, timed_out, overflow, exited = memoryview(payload), False, False, False
+    limit, init_fd = deadline, None
     try:
-        while not exited:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                timed_out = True
+        while not exited or len(selector.get_map()) > 0:
+            left = limit - time.perf_counter()
+            if left <= 0 and (exited or timed_out or overflow):
                 break
+            if left <= 0:  # the deadline: kill, then wait (briefly) for the sandbox to be gone
+                timed_out = True
+                _kill_group(process.pid)
+                limit = time.perf_counter() + _EXIT_GRACE_S
+                continue
             for key, _ in selector.select(left):
                 fd = key.fd
-                if fd == pidfd:
-                    exited = True
+                if fd in (pidfd, init_fd):
+                    selector.unregister(fd)
+                    if fd == pidfd:
+                        exited = True
+                        _kill_group(process.pid)  # what it left behind (process isolation) closes its pipes
+                        limit = time.perf_counter() + _EXIT_GRACE_S
                 elif fd == stdin:
                     try:
                         pending = pending[os.write(stdin, pending) :]
@@ -394,23 +415,37 @@ def _communicate(process: subprocess.Popen, payload: bytes, report_fd: int, dead
                         process.stdin.close()
                 else:
                     _drain(fd, data[sources[fd]], selector)
-            overflow = len(data["report"]) > _REPORT_LIMIT
-            if overflow:
-                break
+                    if sources[fd] == "info" and init_fd is None:
+                        init_fd = _watch_init(data["info"], selector)
+            if len(data["report"]) > _REPORT_LIMIT:
+                del data["report"][:]
+                if not overflow:
+                    overflow = True
+                    _kill_group(process.pid)
+                    limit = time.perf_counter() + _EXIT_GRACE_S
             for name in ("stdout", "stderr"):
                 del data[name][: max(0, len(data[name]) - _STDERR_TAIL)]
-        if exited:  # what the program wrote before it ended is still in the pipes
-            for fd, name in sources.items():
-                if fd in selector.get_map():
-                    _drain(fd, data[name], selector, until_empty=True)
     finally:
         selector.close()
-        os.close(pidfd)
+        for fd in (pidfd, init_fd):
+            if fd is not None:
+                os.close(fd)
         if not process.stdin.closed:
             process.stdin.close()
     return _Outcome(
         bytes(data["report"]), bytes(data["stderr"][-_STDERR_TAIL:]), process.poll(), timed_out, overflow
     )
+
+
+def _watch_init(info: bytearray, selector: selectors.BaseSelector) -> int | None:
+    """A pidfd on the sandbox's init, from bwrap's ``--info-fd`` JSON once it is complete."""
+    try:
+        pid = int(json.loads(info)["child-pid"])
+        init_fd = os.pidfd_open(pid)
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+    selector.register(init_fd, selectors.EVENT_READ)
+    return init_fd
 
 
 def _drain(fd: int, into: bytearray, selector: selectors.BaseSelector, until_empty: bool = False) -> None:
@@ -428,12 +463,15 @@ def _drain(fd: int, into: bytearray, selector: selectors.BaseSelector, until_emp
             return
 
 
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def _kill(process: subprocess.Popen) -> None:
     """SIGKILL the process group (bwrap: the sandbox's PID namespace dies with it) and reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+    _kill_group(process.pid)
     process.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # members the leader left behind (process isolation)
+    _kill_group(process.pid)  # members the leader left behind (process isolation)
     for stream in (process.stdout, process.stderr):
         stream.close()
