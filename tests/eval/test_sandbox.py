@@ -85,7 +85,8 @@ def test_tests_with_state_and_in_process_asserts(isolation):
 
 
 def test_prepare_tests_keeps_line_numbers_and_literals_outside():
-    tests = "x = 1\nassert f(x,\n         2) == [\n  1, 2]\nassert 'é' == g()  # literal first\nassert f(1) == f(2)\n"
+    tests = "x = 1\nassert f(x,\n         2) == [\n  1, 2]\n"
+    tests += "assert 'é' == g()  # literal first\nassert f(1) == f(2)\n"
     prepared = prepare_tests(tests)
     assert prepared.expected == [[1, 2], "é"] and prepared.lines == [2, 5]
     assert prepared.source.count("\n") == tests.count("\n")
@@ -173,7 +174,8 @@ def test_environment_is_minimal_and_no_folder_survives(isolation, monkeypatch):
         "import os\n"
         "def probe():\n"
         "    open('notes.txt', 'w').write('ok')\n"
-        "    return ('EM_HF_TEST_SECRET' in os.environ, open('notes.txt').read(), os.path.exists('/dev/null'))\n"
+        "    secret = 'EM_HF_TEST_SECRET' in os.environ\n"
+        "    return (secret, open('notes.txt').read(), os.path.exists('/dev/null'))\n"
     )
     before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("em_hf_sandbox_*"))
     result = run_code(code, "assert probe() == (False, 'ok', True)", isolation=isolation)
@@ -213,3 +215,32 @@ def test_real_leetcode_item(benchmarks_dir):
     assert run_code(extract_code(completion), item.tests).status == "passed"
     wrong = run_code(solution.replace("i // 8", "i // 9"), item.tests)
     assert wrong.status == "failed" and "expected" in wrong.detail
+
+
+def test_cli_refuses_code_benchmarks_without_bubblewrap_before_loading_the_model(
+    benchmarks_dir, tmp_path, monkeypatch, capsys
+):
+    """`em-hf eval` on LeetCode checks the sandbox first and exits 2 with the install hint;
+    `--unsafe-code-sandbox` switches run_code to process isolation."""
+    import argparse
+
+    from em_hf.cli import eval as eval_cli
+    from em_hf.cli import main
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the sandbox check")
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("em_hf.models.load_model", load_model)
+    _sandbox_bwrap.probe.cache_clear()
+    argv = ["eval", "--benchmark", "leetcode", "--limit", "1", "--methods", "greedy", "--out", str(tmp_path)]
+    try:
+        assert main(argv) == 2
+        assert "apt-get install bubblewrap" in capsys.readouterr().err
+        parser = eval_cli.add_parser(argparse.ArgumentParser().add_subparsers())
+        args = parser.parse_args(["--benchmark", "leetcode", "--out", str(tmp_path), "--unsafe-code-sandbox"])
+        assert eval_cli._code_sandbox_ready(args, {"leetcode": []})
+        assert sandbox_module._state["isolation"] == "process"
+    finally:
+        set_default_isolation("bwrap")
+        _sandbox_bwrap.probe.cache_clear()

@@ -256,7 +256,8 @@ def test_kernel_attack_surface_is_refused():
         "    }\n"
         "    for family in (socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, socket.AF_PACKET):\n"
         "        try:\n"
-        "            socket.socket(family, socket.SOCK_DGRAM if family != socket.AF_PACKET else socket.SOCK_RAW)\n"
+        "            kind = socket.SOCK_DGRAM if family != socket.AF_PACKET else socket.SOCK_RAW\n"
+        "            socket.socket(family, kind)\n"
         "            results[str(family)] = 0\n"
         "        except OSError:\n"
         "            results[str(family)] = -1\n"
@@ -326,7 +327,8 @@ def test_memory_and_file_size_limits():
 def test_output_floods_are_bounded(isolation):
     """Megabytes on stdout/stderr do not fill the parent (only a tail is kept) and do not change the
     verdict; a flood of the result channel fails."""
-    flood = "import os, sys\nfor _ in range(50):\n    os.write(1, b'x' * (1 << 20))\n    os.write(2, b'y' * (1 << 20))\n"
+    flood = "import os\nfor _ in range(50):\n    os.write(1, b'x' * (1 << 20))\n"
+    flood += "    os.write(2, b'y' * (1 << 20))\n"
     assert run(flood + RIGHT, TESTS, isolation=isolation).passed
     channel = (
         "import os, sys\nfor _ in range(80):\n    os.write(int(sys.argv[-1]), b'z' * (1 << 20))\n" + RIGHT
@@ -343,7 +345,8 @@ def test_output_floods_are_bounded(isolation):
         "while True:\n    pass\n",
         "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)\n",
         "import threading\ndef burn():\n    while True:\n        pass\n"
-        "ts = [threading.Thread(target=burn) for _ in range(4)]\n[t.start() for t in ts]\n[t.join() for t in ts]\n",
+        "ts = [threading.Thread(target=burn) for _ in range(4)]\n"
+        "[t.start() for t in ts]\n[t.join() for t in ts]\n",
         "import os\nos.close(1)\nos.close(2)\nwhile True:\n    pass\n",
     ],
     ids=["loop", "ignore-sigterm", "threads", "closed-output"],
@@ -382,7 +385,8 @@ def test_replacing_the_output_with_a_fifo_does_not_hang(isolation):
 
 @pytest.mark.parametrize("isolation", [pytest.param("bwrap", marks=needs_bwrap), "process"])
 def test_a_wrong_value_before_a_hang_is_a_failure(isolation):
-    code = "import time\ncalls = []\ndef f():\n    calls.append(1)\n    if len(calls) > 1:\n        time.sleep(600)\n    return 0\n"
+    code = "import time\ncalls = []\ndef f():\n    calls.append(1)\n"
+    code += "    if len(calls) > 1:\n        time.sleep(600)\n    return 0\n"
     result = run(code, "assert f() == 1\nassert f() == 0\n", isolation=isolation, timeout_s=2)
     assert result.status == "failed" and "got 0, expected 1" in result.detail
 
@@ -397,8 +401,10 @@ FAKES = {
     "main_guard_exit": WRONG + "if __name__ == '__main__':\n    exit()\n",
     "exit_in_method": "import sys\nclass Solution:\n    def add(self, a, b):\n        sys.exit(0)\n",
     "os_exit_in_method": "import os\nclass Solution:\n    def add(self, a, b):\n        os._exit(0)\n",
-    "sigkill_self": "import os, signal\nclass Solution:\n    def add(self, a, b):\n        os.kill(os.getpid(), 9)\n",
-    "alarm": "import signal, time\nsignal.alarm(1)\nclass Solution:\n    def add(self, a, b):\n        time.sleep(5)\n",
+    "sigkill_self": "import os, signal\nclass Solution:\n    def add(self, a, b):\n"
+    "        os.kill(os.getpid(), 9)\n",
+    "alarm": "import signal, time\nsignal.alarm(1)\nclass Solution:\n    def add(self, a, b):\n"
+    "        time.sleep(5)\n",
     "always_equal": "class E:\n    def __eq__(self, other):\n        return True\n"
     "class Solution:\n    def add(self, a, b):\n        return E()\n",
     "int_subclass": "class I(int):\n    def __eq__(self, other):\n        return True\n"
@@ -410,15 +416,15 @@ FAKES = {
     "    except OSError:\n        pass\n" + WRONG,
     "rebind_checker": "class Solution:\n    def add(self, a, b):\n"
     "        globals()['_em_hf_check'] = lambda k, v: None\n        return 0\n",
-    "close_channel": "import os\nfor fd in range(3, 64):\n    try:\n        os.close(fd)\n    except OSError:\n"
-    "        pass\n" + WRONG,
+    "close_channel": "import os\nfor fd in range(3, 64):\n    try:\n        os.close(fd)\n"
+    "    except OSError:\n        pass\n" + WRONG,
     "print_passed": "print('passed')\nimport sys\nsys.stdout.flush()\n" + WRONG,
     "thread_exit": "import threading, os, time\n"
     "threading.Thread(target=lambda: (time.sleep(0.05), os._exit(0)), daemon=True).start()\n"
     "class Solution:\n    def add(self, a, b):\n        time.sleep(1)\n        return 0\n",
     "raise_base_exception": "class Solution:\n    def add(self, a, b):\n        raise KeyboardInterrupt\n",
-    "monkeypatch_builtins": "import builtins, os, json\nos.write = lambda *a: 0\njson.dumps = lambda *a, **k: '{\"end\": 1}'\n"
-    "builtins.repr = lambda x: '5'\n" + WRONG,
+    "monkeypatch_builtins": "import builtins, os, json\nos.write = lambda *a: 0\n"
+    "json.dumps = lambda *a, **k: '{\"end\": 1}'\nbuiltins.repr = lambda x: '5'\n" + WRONG,
 }
 
 
