@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import ast
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["HARNESS", "CheckedTests", "decode_value", "prepare_tests", "verdict"]
@@ -48,7 +49,7 @@ def _harness():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    write, dumps, exit_now, type_, repr_, isinstance_ = os.write, json.dumps, os._exit, type, repr, isinstance
+    write, dumps, exit_now, type_ = os.write, json.dumps, os._exit, type
     nonce = payload["nonce"]
 
     def report(record):
@@ -123,15 +124,15 @@ class CheckedTests:
     Parameters:
         source (`str`):
             The rewritten tests (checked asserts replaced by ``_em_hf_check(k, EXPR)``, same line numbers).
-        expected (`list`):
+        expected (`tuple`):
             The literal each checked value must equal, by index.
-        lines (`list[int]`):
+        lines (`tuple[int, ...]`):
             The line of each checked assert in the original tests.
     """
 
     source: str
-    expected: list[Any] = field(default_factory=list)
-    lines: list[int] = field(default_factory=list)
+    expected: tuple[Any, ...] = ()
+    lines: tuple[int, ...] = ()
 
 
 def _literal(node: ast.expr) -> tuple[bool, Any]:
@@ -157,8 +158,10 @@ def _checked_operand(statement: ast.stmt) -> tuple[ast.expr, Any] | None:
     return None
 
 
+@lru_cache(maxsize=256)
 def prepare_tests(tests: str) -> CheckedTests:
-    """Rewrite ``tests`` (see the module docstring); raises ``ValueError`` when they do not parse."""
+    """Rewrite ``tests`` (see the module docstring); raises ``ValueError`` when they do not parse.
+    Cached: an evaluation runs the same tests for every candidate of a problem."""
     try:
         module = ast.parse(tests, filename="tests.py")
     except SyntaxError as error:
@@ -192,9 +195,7 @@ def prepare_tests(tests: str) -> CheckedTests:
         lines.append(statement.lineno)
     for start, end, call in reversed(replacements):
         data = data[:start] + call + data[end:]
-    source = data.decode("utf-8")
-    ast.parse(source)  # the rewrite must stay valid Python
-    return CheckedTests(source, expected, lines)
+    return CheckedTests(data.decode("utf-8"), tuple(expected), tuple(lines))
 
 
 _SCALARS = {"i": lambda x: int(x, 16), "f": float.fromhex, "b": bytes.fromhex}

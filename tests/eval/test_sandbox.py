@@ -3,6 +3,7 @@ bubblewrap cannot run, and the opt-in process isolation. Hostile programs: test_
 
 from __future__ import annotations
 
+import ast
 import os
 import warnings
 from pathlib import Path
@@ -88,7 +89,8 @@ def test_prepare_tests_keeps_line_numbers_and_literals_outside():
     tests = "x = 1\nassert f(x,\n         2) == [\n  1, 2]\n"
     tests += "assert 'é' == g()  # literal first\nassert f(1) == f(2)\n"
     prepared = prepare_tests(tests)
-    assert prepared.expected == [[1, 2], "é"] and prepared.lines == [2, 5]
+    assert prepared.expected == ([1, 2], "é") and prepared.lines == (2, 5)
+    ast.parse(prepared.source)
     assert prepared.source.count("\n") == tests.count("\n")
     assert "[\n  1, 2]" not in prepared.source and "'é'" not in prepared.source  # the literals stay outside
     assert "assert f(1) == f(2)" in prepared.source  # not a literal: runs inside
@@ -244,3 +246,17 @@ def test_cli_refuses_code_benchmarks_without_bubblewrap_before_loading_the_model
     finally:
         set_default_isolation("bwrap")
         _sandbox_bwrap.probe.cache_clear()
+
+
+@needs_bwrap
+def test_concurrent_runs_keep_their_own_results():
+    """code_pass_at_k runs candidates from a thread pool: each run's pipes, verdict and limits are
+    its own (a fork bomb next to correct programs does not fail them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(SOLUTION, "passed"), (SOLUTION.replace("a + b", "a * b"), "failed")] * 3
+    jobs.append(("import os\nwhile True:\n    os.fork()\n", "failed"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(pool.map(lambda job: run_code(job[0], TESTS, timeout_s=5).status, jobs))
+    assert statuses[:-1] == [expected for _, expected in jobs[:-1]]
+    assert statuses[-1] in ("failed", "timeout")
