@@ -7,9 +7,10 @@ What the command gives the program (see :func:`bwrap_command`):
   ``no_new_privs``; its own session (``--new-session``: no terminal injection); killed with its parent
   (``--die-with-parent``), and with it every process of its PID namespace;
 - a file system that holds only the interpreter: ``/usr`` (and the ``/bin``, ``/lib*`` links or
-  folders) and the interpreter's prefixes, read-only; fresh ``/proc`` and ``/dev``; a private tmpfs
-  of bounded size at ``/sandbox`` (working folder, ``HOME``, ``TMPDIR``); the root read-only. Nothing
-  else of the host (no home, no repository, no benchmark files, no sockets) is visible;
+  folders) and the interpreter's prefixes, read-only; fresh ``/proc`` and ``/dev`` (read-only, with
+  a bounded ``/dev/shm``); a private tmpfs of bounded size at ``/sandbox`` (working folder, ``HOME``,
+  ``TMPDIR``); the root read-only. Nothing else of the host (no home, no repository, no benchmark
+  files, no sockets) is visible;
 - no network at all (no interface but a down loopback);
 - a seccomp filter (built with libseccomp when it is installed) that refuses, with ``EPERM``, the
   system calls a Python program never needs and kernel exploits favour: ``ptrace``, mounts,
@@ -177,6 +178,8 @@ def bwrap_command(
         if folder != "/usr" and not folder.startswith("/usr/") and os.path.isdir(folder):
             args += ["--ro-bind", folder, folder]
     args += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_bytes), "--tmpfs", WORK_DIR]
+    # /dev is a tmpfs of half the RAM: read-only, with a small /dev/shm (POSIX semaphores) on top.
+    args += ["--size", str(max(tmpfs_bytes // 4, 1 << 20)), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--clearenv"]
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": WORK_DIR, "TMPDIR": WORK_DIR}
     env |= {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}

@@ -10,11 +10,12 @@ result channel: the report must hold the right value. Other statements of the te
 asserts of another form) run inside, after the candidate's code.
 
 Protocol: the harness (:data:`HARNESS`) reads one JSON payload on stdin, then writes JSON lines on
-the report descriptor: ``{"syntax": message}`` (the code does not compile), ``{"code_error": message}``
-(the candidate's code raised, ``SystemExit`` included, before any test ran), ``{"k": index, "v":
-encoded value}`` (a checked test), ``{"test_error": message}`` (a statement of the tests raised) and
-``{"end": nonce}`` after the last statement, followed by ``os._exit(0)`` (no ``atexit`` handler or
-finalizer of the candidate runs after it). :func:`verdict` turns the lines into a status.
+the report descriptor: ``{"start": nonce}`` (the candidate's time starts), ``{"syntax": message}``
+(the code does not compile), ``{"code_error": message}`` (the candidate's code raised,
+``SystemExit`` included, before any test ran), ``{"k": index, "v": encoded value}`` (a checked
+test), ``{"test_error": message}`` (a statement of the tests raised) and ``{"end": nonce}`` after the
+last statement, followed by ``os._exit(0)`` (no ``atexit`` handler or finalizer of the candidate runs
+after it). :func:`verdict` turns the lines into a status.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def _harness():
         text = f"{type_(error).__name__}: {error}" if str(error) else type_(error).__name__
         return text[-2000:]
 
+    report({"start": nonce})  # the program's time starts now
     try:
         code = compile(payload["code"], "solution.py", "exec")
     except (SyntaxError, ValueError, UnicodeError) as error:
@@ -254,6 +256,8 @@ def verdict(lines: list[bytes], tests: CheckedTests, nonce: str) -> tuple[str, s
         if not isinstance(record, dict) or len(record) == 0:
             return "failed", "the program wrote to the sandbox's result channel"
         records.append(record)
+    if records and records[0] == {"start": nonce}:
+        records = records[1:]
     received = 0
     for position, record in enumerate(records):
         if "syntax" in record:

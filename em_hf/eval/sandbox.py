@@ -75,6 +75,7 @@ ISOLATIONS = ("bwrap", "process")
 MAX_TIMEOUT_S = 24 * 3600.0
 _REPORT_LIMIT = 64 << 20  # bytes of result records; more is an attack on the parent's memory
 _STDERR_TAIL = 8192
+_SETUP_S = 30.0  # the most a sandbox may take to start, on top of the program's timeout
 _EXIT_GRACE_S = 2.0  # how long pipes may stay open after the program's exit (leftover processes)
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -220,7 +221,8 @@ def run_code(
             Python run after the code (LeetCode items: ``assert`` statements on ``Solution()``);
             ``assert EXPR == LITERAL`` statements at the top level are checked outside the sandbox.
         timeout_s (`float`, *optional*, defaults to `10.0`):
-            Wall-clock limit in seconds, in (0, 86400]; the CPU limit is set just above it.
+            Wall-clock limit in seconds, in (0, 86400], counted from the start of the candidate's code
+            (the sandbox's start-up may take up to 30 s more); the CPU limit is set just above it.
         memory_mb (`int`, *optional*, defaults to `1024`):
             Address-space limit of each process (``RLIMIT_AS``), in MiB (>= 64).
         max_processes (`int`, *optional*, defaults to `64`):
@@ -271,7 +273,7 @@ def run_code(
     }
     limits = (memory_mb << 20, int(timeout_s) + 2, max_processes, max_file_mb << 20)
     start = time.perf_counter()
-    outcome = _execute(mode, json.dumps(payload).encode("ascii"), limits, start + timeout_s)
+    outcome = _execute(mode, json.dumps(payload).encode("ascii"), limits, timeout_s)
     seconds = time.perf_counter() - start
     lines = outcome.report.split(b"\n")[:-1]  # a last line without its newline was cut off
     found = verdict(lines, prepared, nonce)
@@ -323,7 +325,7 @@ def _process_env(work: str | None) -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home}
 
 
-def _execute(mode: str, payload: bytes, limits: tuple[int, ...], deadline: float) -> _Outcome:
+def _execute(mode: str, payload: bytes, limits: tuple[int, ...], timeout_s: float) -> _Outcome:
     """Start the sandbox, feed it ``payload``, read its pipes until it exits or the deadline, kill it.
 
     Pipes besides stdin/stdout/stderr: ``report`` (the verdict records), for bwrap ``info`` (bwrap's
@@ -355,7 +357,7 @@ def _execute(mode: str, payload: bytes, limits: tuple[int, ...], deadline: float
             for fd in theirs.values():
                 os.close(fd)
         try:
-            return _communicate(process, payload, ours, deadline)
+            return _communicate(process, payload, ours, timeout_s)
         finally:
             _kill(process)
     finally:
@@ -366,12 +368,16 @@ def _execute(mode: str, payload: bytes, limits: tuple[int, ...], deadline: float
 
 
 def _communicate(
-    process: subprocess.Popen, payload: bytes, pipes: dict[str, int], deadline: float
+    process: subprocess.Popen, payload: bytes, pipes: dict[str, int], timeout_s: float
 ) -> _Outcome:
     """Every pipe is non-blocking and watched with one selector, whose waits never pass the deadline.
     The loop ends when the process has exited (its pidfd turns readable), every pipe is at end of
     file (every process holding it is gone) and the sandbox's init has exited (its PID namespace is
-    then empty); or at the deadline; or shortly after the exit when a leftover process lingers."""
+    then empty); or at the deadline; or shortly after the exit when a leftover process lingers.
+
+    The deadline is ``timeout_s`` after the harness's first record (written just before the
+    candidate's code is compiled), so a slow sandbox start on a busy machine does not eat the
+    program's time; the start itself may take up to ``_SETUP_S`` more."""
     pidfd = os.pidfd_open(process.pid)
     sources = {process.stdout.fileno(): "stdout", process.stderr.fileno(): "stderr"}
     sources |= {fd: name for name, fd in pipes.items()}
@@ -384,7 +390,7 @@ def _communicate(
         selector.register(fd, selectors.EVENT_READ)
     selector.register(stdin, selectors.EVENT_WRITE)
     pending, timed_out, overflow, exited = memoryview(payload), False, False, False
-    limit, init_fd = deadline, None
+    limit, init_fd, started = time.perf_counter() + timeout_s + _SETUP_S, None, False
     try:
         while not exited or len(selector.get_map()) > 0:
             left = limit - time.perf_counter()
@@ -417,6 +423,10 @@ def _communicate(
                     _drain(fd, data[sources[fd]], selector)
                     if sources[fd] == "info" and init_fd is None:
                         init_fd = _watch_init(data["info"], selector)
+                    if sources[fd] == "report" and not started:  # the program starts now
+                        started = True
+                        if not (exited or timed_out or overflow):
+                            limit = time.perf_counter() + timeout_s
             if len(data["report"]) > _REPORT_LIMIT:
                 del data["report"][:]
                 if not overflow:

@@ -161,23 +161,27 @@ def test_read_only_system_and_bounded_work_folder(host_dir):
         "import os\n"
         "def attempts():\n"
         "    out = []\n"
-        "    for path in ('/usr/pwned', '/pwned', '/etc/pwned', '/proc/pwned'):\n"
+        "    for path in ('/usr/pwned', '/pwned', '/etc/pwned', '/proc/pwned', '/dev/pwned'):\n"
         "        try:\n"
         "            open(path, 'w').write('x')\n"
         "            out.append(path)\n"
         "        except OSError:\n"
         "            pass\n"
         "    return out\n"
-        "def fill():\n"
+        "def fill(folder):\n"
         "    try:\n"
         "        for i in range(100):\n"
-        "            with open(f'f{i}', 'wb') as f:\n"
+        "            with open(f'{folder}/f{i}', 'wb') as f:\n"
         "                f.write(b'x' * (1 << 20))\n"
         "    except OSError as error:\n"
         "        return error.strerror\n"
         "    return 'filled'\n"
     )
-    result = run(code, "assert attempts() == []\nassert fill() == 'No space left on device'", max_file_mb=2)
+    tests = "assert attempts() == []\n"
+    tests += "assert fill('.') == 'No space left on device'\n"  # the work folder: 4 x max_file_mb
+    tests += "assert fill('/dev/shm') == 'No space left on device'\n"  # RAM, not counted by RLIMIT_AS
+    tests += "assert fill('/dev') == 'Read-only file system'\n"
+    result = run(code, tests, max_file_mb=2)
     assert result.passed, result.detail
 
 
