@@ -251,7 +251,7 @@ def verdict(lines: list[bytes], tests: CheckedTests, nonce: str) -> tuple[str, s
     for line in lines:
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return "failed", "the program wrote to the sandbox's result channel"
         if not isinstance(record, dict) or len(record) == 0:
             return "failed", "the program wrote to the sandbox's result channel"
@@ -274,7 +274,7 @@ def verdict(lines: list[bytes], tests: CheckedTests, nonce: str) -> tuple[str, s
                 return "failed", f"AssertionError: tests line {line}: {record['bad']}"
             try:
                 got = decode_value(record.get("v"))
-            except (ValueError, TypeError, OverflowError):
+            except (ValueError, TypeError, OverflowError, RecursionError):
                 return "failed", "the program wrote to the sandbox's result channel"
             expected = tests.expected[received]
             if not _same(got, expected):

@@ -423,6 +423,8 @@ def _communicate(
                     _drain(fd, data[sources[fd]], selector)
                     if sources[fd] == "info" and init_fd is None:
                         init_fd = _watch_init(data["info"], selector)
+                    if sources[fd] == "info" and (init_fd is not None or len(data["info"]) > 65536):
+                        del data["info"][:]  # bwrap's JSON is read; the rest is noise
                     if sources[fd] == "report" and not started:  # the program starts now
                         started = True
                         if not (exited or timed_out or overflow):
@@ -452,7 +454,7 @@ def _watch_init(info: bytearray, selector: selectors.BaseSelector) -> int | None
     try:
         pid = int(json.loads(info)["child-pid"])
         init_fd = os.pidfd_open(pid)
-    except (ValueError, KeyError, TypeError, OSError):
+    except (ValueError, KeyError, TypeError, OSError, RecursionError):
         return None
     selector.register(init_fd, selectors.EVENT_READ)
     return init_fd

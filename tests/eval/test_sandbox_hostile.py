@@ -418,6 +418,9 @@ FAKES = {
     "forged_value": "import os\nfor fd in range(3, 64):\n    try:\n"
     '        os.write(fd, b\'{"k": 0, "v": {"i": "0x5"}}\\n{"k": 1, "v": {"i": "0x0"}}\\n\')\n'
     "    except OSError:\n        pass\n" + WRONG,
+    "nested_record": "import os, sys\nos.write(int(sys.argv[-1]), b'[' * 200000 + b'\\n')\n" + WRONG,
+    "nested_value": "import os, sys\n"
+    "os.write(int(sys.argv[-1]), b'{\"k\": 0, \"v\": ' + b'[' * 50000 + b']' * 50000 + b'}\\n')\n" + WRONG,
     "rebind_checker": "class Solution:\n    def add(self, a, b):\n"
     "        globals()['_em_hf_check'] = lambda k, v: None\n        return 0\n",
     "close_channel": "import os\nfor fd in range(3, 64):\n    try:\n        os.close(fd)\n"
