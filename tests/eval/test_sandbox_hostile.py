@@ -78,45 +78,60 @@ def host_dir():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-# ---- file system: each program tries to create HOST/pwned; the marker must never appear ----------
+# ---- file system ----------------------------------------------------------------------------------
+# Each attack is the body of `attack(DIR)`: create DIR/pwned. It must work on the sandbox's own folder
+# (so the attack really ran) and leave no marker in the host folder.
 WRITES = {
-    "dir_fd": "d = os.open(HOST, os.O_RDONLY)\n"
-    "os.write(os.open('pwned', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=d), b'x')\n",
-    "opener": "open(HOST + '/pwned', 'w', opener=lambda p, f: os.open(p, f, 0o644)).write('x')\n",
-    "mkfifo": "os.mkfifo(HOST + '/pwned')\n",
-    "mknod": "os.mknod(HOST + '/pwned')\n",
-    "symlink": "os.symlink('/etc/passwd', HOST + '/pwned')\n",
-    "proc_root": "open('/proc/1/root' + HOST + '/pwned', 'w').write('x')\n",
-    "shell": "import subprocess\nsubprocess.run(['/bin/sh', '-c', 'echo x > ' + HOST + '/pwned'])\n",
+    "dir_fd": "d = os.open(DIR, os.O_RDONLY)\n"
+    "os.write(os.open('pwned', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=d), b'x')",
+    "opener": "open(DIR + '/pwned', 'w', opener=lambda p, f: os.open(p, f, 0o644)).write('x')",
+    "mkfifo": "os.mkfifo(DIR + '/pwned')",
+    "mknod": "os.mknod(DIR + '/pwned')",
+    "symlink": "os.symlink('/etc/passwd', DIR + '/pwned')",
+    "proc_root": "open('/proc/1/root' + DIR + '/pwned', 'w').write('x')",
+    "shell": "import subprocess\nsubprocess.run(['/bin/sh', '-c', 'echo x > ' + DIR + '/pwned'], check=True)",
     "fork_exec": "import _posixsubprocess\n"
-    "_posixsubprocess.fork_exec([b'/bin/sh', b'-c', ('echo x > ' + HOST + '/pwned').encode()], [b'/bin/sh'],"
-    " True, (), None, None, -1, -1, -1, -1, -1, -1, *os.pipe(), False, False, -1, None, None, None, -1, None,"
-    " False)\nos.wait()\n",
-    "ctypes_system": "import ctypes\nctypes.CDLL(None).system(('touch ' + HOST + '/pwned').encode())\n",
-    "hook_disabled": "os.path.realpath = lambda p, **k: os.getcwd()\nopen(HOST + '/pwned', 'w').write('x')\n",
+    "pid = _posixsubprocess.fork_exec([b'/bin/sh', b'-c', ('echo x > ' + DIR + '/pwned').encode()],"
+    " [b'/bin/sh'], True, (), None, None, -1, -1, -1, -1, -1, -1, *os.pipe(), False, False, -1, None, None,"
+    " None, -1, None, False)\nassert os.waitpid(pid, 0)[1] == 0",
+    "ctypes_system": "import ctypes\n"
+    "assert ctypes.CDLL(None).system(('touch ' + DIR + '/pwned').encode()) == 0",
+    "hook_disabled": "os.path.realpath = lambda p, **k: os.getcwd()\nopen(DIR + '/pwned', 'w').write('x')",
 }
+# Each damage is the body of `damage(DIR)` on DIR/victim: it must work on the sandbox's own copy.
+DAMAGE = {
+    "remove_dir_fd": "os.remove('victim', dir_fd=os.open(DIR, os.O_RDONLY))",
+    "chmod_dir_fd": "os.chmod('victim', 0o777, dir_fd=os.open(DIR, os.O_RDONLY))",
+    "utime_dir_fd": "os.utime('victim', (0, 0), dir_fd=os.open(DIR, os.O_RDONLY))",
+    "truncate": "os.truncate(DIR + '/victim', 0)",
+    "rename": "os.rename(DIR + '/victim', DIR + '/moved')",
+    "setxattr": "os.setxattr(DIR + '/victim', 'user.pwned', b'x')",
+}
+
+
+def _attack_program(name: str, body: str, host: Path) -> tuple[str, str]:
+    """A program defining ``name(DIR)`` from ``body`` and ``attempt(DIR)`` (True, or the exception's
+    name); the tests run it on the sandbox's folder (must work), then on the host folder."""
+    code = f"import os\ndef {name}(DIR):\n" + "".join(f"    {line}\n" for line in body.splitlines())
+    code += (
+        "def attempt(DIR):\n"
+        "    try:\n"
+        f"        {name}(DIR)\n"
+        "        return True\n"
+        "    except Exception as error:\n"
+        "        return type(error).__name__\n"
+    )
+    tests = f"assert attempt('/sandbox') == True\nhost_result = attempt({str(host)!r})\n"
+    return code, tests
 
 
 @needs_bwrap
 @pytest.mark.parametrize("attack", list(WRITES))
 def test_no_write_outside_the_sandbox(attack, host_dir):
-    code = f"import os\nHOST = {str(host_dir)!r}\ntry:\n" + "".join(
-        f"    {line}\n" for line in WRITES[attack].splitlines()
-    )
-    code += "except Exception:\n    pass\n" + RIGHT
-    result = run(code, TESTS)
+    code, tests = _attack_program("attack", WRITES[attack], host_dir)
+    result = run(code, tests + "assert os.path.lexists('/sandbox/pwned') == True\n")
+    assert result.passed, f"the {attack} attack did not even work inside the sandbox: {result.detail}"
     assert not os.path.lexists(host_dir / "pwned"), f"{attack} escaped"
-    assert result.status in ("passed", "failed")  # the attack failed inside; the program went on
-
-
-DAMAGE = {
-    "remove_dir_fd": "os.remove('victim', dir_fd=os.open(HOST, os.O_RDONLY))",
-    "chmod_dir_fd": "os.chmod('victim', 0o777, dir_fd=os.open(HOST, os.O_RDONLY))",
-    "utime_dir_fd": "os.utime('victim', (0, 0), dir_fd=os.open(HOST, os.O_RDONLY))",
-    "truncate": "os.truncate(HOST + '/victim', 0)",
-    "rename": "os.rename(HOST + '/victim', HOST + '/moved')",
-    "setxattr": "os.setxattr(HOST + '/victim', 'user.pwned', b'x')",
-}
 
 
 @needs_bwrap
@@ -124,10 +139,12 @@ DAMAGE = {
 def test_host_files_are_untouched(attack, host_dir):
     victim = host_dir / "victim"
     before = victim.stat()
-    code = f"import os\nHOST = {str(host_dir)!r}\ntry:\n    {DAMAGE[attack]}\nexcept Exception:\n    pass\n"
-    run(code + RIGHT)
+    code, tests = _attack_program("damage", DAMAGE[attack], host_dir)
+    code = "open('/sandbox/victim', 'w').write('intact')\n" + code
+    result = run(code, tests)
+    assert result.passed, f"the {attack} damage did not even work inside the sandbox: {result.detail}"
     after = victim.stat()
-    assert victim.read_text() == "intact"
+    assert victim.read_text() == "intact" and not (host_dir / "moved").exists()
     assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
     assert os.listxattr(victim) == []
 
@@ -151,7 +168,9 @@ def test_nothing_of_the_host_is_readable(host_dir, monkeypatch, benchmarks_dir):
         "            pass\n"
         "    return found\n"
     )
-    result = run(code, "assert visible() == []")
+    tests = "assert visible() == []\n"
+    tests += "assert b'PATH=' in open('/proc/self/environ', 'rb').read()\n"  # the scan itself works
+    result = run(code, tests)
     assert result.passed, result.detail
 
 
@@ -230,7 +249,7 @@ def test_process_limit_holds():
         "            count += 1\n"
         "    except OSError:\n"
         "        pass\n"
-        "    return count < 64\n"
+        "    return 50 <= count < 64  # forks work, and stop at the limit\n"
     )
     assert run(code, "assert spawn() == True", max_processes=64).passed
 
