@@ -58,7 +58,17 @@ OPT_OUT_HINT = (
 
 
 class SandboxUnavailableError(RuntimeError):
-    """The bubblewrap sandbox cannot run here (no ``bwrap``, or the kernel refuses its namespaces)."""
+    """The bubblewrap sandbox cannot run here (no ``bwrap``, or the kernel refuses its namespaces).
+
+    Parameters:
+        message (`str`):
+            Why, how to install bubblewrap, and how to opt into ``isolation="process"`` instead.
+
+    Examples:
+        >>> from em_hf.eval.sandbox import SandboxUnavailableError
+        >>> issubclass(SandboxUnavailableError, RuntimeError)
+        True
+    """
 
 
 # System calls no LeetCode-style Python program makes, each a known way out of or into the kernel.
