@@ -74,6 +74,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument(
         "--code-timeout", type=options.positive_float, default=10.0, help="seconds per program run"
     )
+    parser.add_argument(
+        "--unsafe-code-sandbox",
+        action="store_true",
+        help="run code items' programs without the bubblewrap sandbox (a separate process with resource "
+        "limits, but your user's rights on files and network): only for code you trust, or where "
+        "bubblewrap cannot run",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
     parser.add_argument(
         "--engine",
@@ -115,6 +122,25 @@ def _vllm_generator(args: argparse.Namespace, methods):
     return VLLMGenerator(load_vllm(path, **kwargs))
 
 
+def _code_sandbox_ready(args: argparse.Namespace, benchmarks: dict) -> bool:
+    """Choose the code sandbox's isolation; with code items and no ``--unsafe-code-sandbox``, check
+    bubblewrap now (before the model loads) and print why it cannot run."""
+    from em_hf.eval.sandbox import SandboxUnavailableError, check_sandbox, set_default_isolation
+
+    if args.unsafe_code_sandbox:
+        set_default_isolation("process")
+        return True
+    set_default_isolation("bwrap")
+    if not any(item.task == "code" for items in benchmarks.values() for item in items):
+        return True
+    try:
+        check_sandbox()
+    except SandboxUnavailableError as error:
+        print(f"em-hf eval: error: {error}", file=sys.stderr)
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``em-hf eval`` from parsed arguments; prints the tables and where the files are."""
     import torch
@@ -134,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         }
     except (ValueError, FileNotFoundError) as error:
         print(f"em-hf eval: error: {error}", file=sys.stderr)
+        return 2
+    if not _code_sandbox_ready(args, benchmarks):
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
