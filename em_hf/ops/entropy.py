@@ -382,7 +382,7 @@ def token_statistics(
     """
     _check_logits(logits)
     if labels is not None:
-        check_labels(labels, tuple(logits.shape[:-1]), logits.shape[-1], IGNORE_INDEX)
+        check_labels(labels, tuple(logits.shape[:-1]), logits.shape[-1], IGNORE_INDEX, "logits.shape[:-1]")
         labels = labels.to(device=logits.device, dtype=torch.int64)
     entropy, certainty, logprob = _row_statistics(logits, temperature, labels, True)
     return TokenStatistics(entropy, certainty, logprob if labels is not None else None)

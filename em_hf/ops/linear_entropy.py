@@ -206,6 +206,7 @@ def _check_inputs(hidden, weight, bias, labels, temperature, chunk_size) -> None
             tuple(hidden.shape[:-1]),
             weight.shape[0],
             IGNORE_INDEX,
+            "hidden.shape[:-1]",
             hint="; pass one label per row of `hidden` (shift them so that label i is the token that follows "
             "position i)",
         )

@@ -228,15 +228,19 @@ def check_finite_scores(scores: torch.Tensor, owner: str) -> None:
         )
 
 
-def check_labels(labels: Any, shape: tuple[int, ...], vocab: int, ignore_index: int, hint: str = "") -> None:
-    """Token labels: an integer tensor of ``shape`` with values in ``[0, vocab)`` or ``ignore_index``
-    (``hint`` is appended to the shape message)."""
+def check_labels(
+    labels: Any, shape: tuple[int, ...], vocab: int, ignore_index: int, shape_name: str, hint: str = ""
+) -> None:
+    """Token labels: an integer tensor of ``shape`` (described as ``shape_name``) with values in
+    ``[0, vocab)`` or ``ignore_index`` (``hint`` is appended to the shape message)."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"`labels` must be a torch.Tensor or None, got {type(labels).__name__}.")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"`labels` must be an integer tensor (int64), got {labels.dtype}; use `labels.long()`.")
     if tuple(labels.shape) != tuple(shape):
-        raise ValueError(f"`labels` must have shape {tuple(shape)}, got {tuple(labels.shape)}{hint}.")
+        raise ValueError(
+            f"`labels` must have shape {shape_name} = {tuple(shape)}, got {tuple(labels.shape)}{hint}."
+        )
     bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
     if bool(bad.any()):
         value = labels[bad].flatten()[0].item()
