@@ -48,7 +48,9 @@ def lse_of(stats: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.where(torch.isfinite(row_max), row_max / temperature + log_sum, row_max)
 
 
-def _label_columns(labels: torch.Tensor | None, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _label_columns(
+    labels: torch.Tensor | None, start: int, end: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(valid, safe index) of a chunk's labels, or None without labels."""
     if labels is None:
         return None
@@ -118,7 +120,10 @@ def entropy_backward_torch(
         z = logits[start:end].to(acc)
         chunk_stats = stats[start:end].to(acc)
         g = grads[start:end].to(acc)
-        row_max, log_sum = chunk_stats[:, STAT_MAX : STAT_MAX + 1], chunk_stats[:, STAT_LOG_SUM : STAT_LOG_SUM + 1]
+        row_max, log_sum = (
+            chunk_stats[:, STAT_MAX : STAT_MAX + 1],
+            chunk_stats[:, STAT_LOG_SUM : STAT_LOG_SUM + 1],
+        )
         has_mass = torch.isfinite(row_max)
         log_p = (z - torch.where(has_mass, row_max, torch.zeros_like(row_max))) / temperature - torch.where(
             has_mass, log_sum, torch.zeros_like(log_sum)

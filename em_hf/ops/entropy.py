@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 
 from em_hf.ops._extension import use_kernels
+from em_hf.ops._registration import DOUBLE_BACKWARD_MESSAGE
 from em_hf.ops._torch_impl import (
     GRAD_COLUMNS,
     IGNORE_INDEX,
@@ -240,7 +241,7 @@ def entropy_grad(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
 class _RowStatistics(torch.autograd.Function):
     """(entropy, self-certainty, label log-prob) of 2-D logits by the active backend, with the
     closed-form backward of the fused kernel; saves the logits and six floats per row. Once
-    differentiable: a second derivative raises (on every backend)."""
+    differentiable: a second derivative raises (on every backend) with DOUBLE_BACKWARD_MESSAGE."""
 
     @staticmethod
     def forward(ctx, rows, labels, temperature, self_certainty):
@@ -251,14 +252,31 @@ class _RowStatistics(torch.autograd.Function):
         return stats[:, STAT_ENTROPY], stats[:, STAT_SELF_CERTAINTY], stats[:, STAT_LABEL_LOGPROB]
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_entropy, grad_self_certainty, grad_logprob):
         rows, stats, labels = ctx.saved_tensors
-        grads = torch.zeros(rows.shape[0], GRAD_COLUMNS, dtype=stats.dtype, device=rows.device)
-        for column, grad in enumerate((grad_entropy, grad_self_certainty, grad_logprob)):
-            if grad is not None:
-                grads[:, column] = grad
-        return entropy_backward(grads, rows, stats, ctx.temperature, labels), None, None, None
+        create_graph = torch.is_grad_enabled()  # True under backward(create_graph=True)
+        with torch.no_grad():
+            grads = torch.zeros(rows.shape[0], GRAD_COLUMNS, dtype=stats.dtype, device=rows.device)
+            for column, grad in enumerate((grad_entropy, grad_self_certainty, grad_logprob)):
+                if grad is not None:
+                    grads[:, column] = grad
+            grad_rows = entropy_backward(grads, rows, stats, ctx.temperature, labels)
+        if create_graph:  # the gradient itself must not be differentiated: say so when someone tries
+            grad_rows = _NoSecondDerivative.apply(grad_rows, rows)
+        return grad_rows, None, None, None
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """Identity on a first derivative whose own backward raises: a second derivative of the
+    closed-form ops would otherwise be missing (zeros, or "does not require grad") without a word."""
+
+    @staticmethod
+    def forward(ctx, grad: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
 
 
 def _row_statistics(
@@ -281,7 +299,9 @@ def _row_statistics(
         entropy, certainty, logprob = _RowStatistics.apply(rows, flat_labels, temperature, self_certainty)
     else:
         stats = entropy_forward(rows, temperature, flat_labels, self_certainty)
-        entropy, certainty, logprob = (stats[:, c] for c in (STAT_ENTROPY, STAT_SELF_CERTAINTY, STAT_LABEL_LOGPROB))
+        entropy, certainty, logprob = (
+            stats[:, c] for c in (STAT_ENTROPY, STAT_SELF_CERTAINTY, STAT_LABEL_LOGPROB)
+        )
     _raise_if_undefined(entropy)
     return entropy.reshape(leading), certainty.reshape(leading), logprob.reshape(leading)
 

@@ -147,7 +147,9 @@ class _LinearTokenEntropy(torch.autograd.Function):
             # Same product as the forward; the entropy math then runs in the accumulation dtype.
             logits = _chunk_logits(hidden_chunk, weight, bias).to(acc)
             chunk_labels = None if labels is None else labels[start:end]
-            grad_logits = entropy_backward(grads[start:end], logits, stats[start:end], temperature, chunk_labels)
+            grad_logits = entropy_backward(
+                grads[start:end], logits, stats[start:end], temperature, chunk_labels
+            )
             del logits
             grad_rows = None if grad_hidden is None else grad_hidden[start:end]
             _add_chunk_grads(grad_logits, hidden_chunk, weight, grad_rows, grad_weight, grad_bias)

@@ -151,6 +151,8 @@ def em_inf(
         threshold, n_steps, lr, kl_weight, optimizer
     )
     scores = _checked_scores(scores, "em_inf")
+    if optimizer == "adam" and lr / (1 - _ADAM_BETAS[0]) > torch.finfo(torch.float32).max:
+        _raise_overflow(scores.dtype, lr)  # the first Adam step size, lr / (1 - beta1), is not a float32
     if use_kernels(scores):
         beta1, beta2 = _ADAM_BETAS
         adam = optimizer == "adam"
@@ -167,10 +169,14 @@ def _raise_if_overflowed(out: torch.Tensor, scores: torch.Tensor, lr: float) -> 
     if out is scores:
         return
     if not torch.equal(torch.isfinite(out), torch.isfinite(scores)):
-        raise ValueError(
-            f"em_inf: the optimized logits overflow {scores.dtype} (`lr`={lr!r}; each step moves a logit by "
-            "about `lr`); use a smaller `lr` (the paper's scripts use 0.1)."
-        )
+        _raise_overflow(scores.dtype, lr)
+
+
+def _raise_overflow(dtype: torch.dtype, lr: float) -> None:
+    raise ValueError(
+        f"em_inf: the optimized logits overflow {dtype} (`lr`={lr!r}; each step moves a logit by about "
+        "`lr`); use a smaller `lr` (the paper's scripts use 0.1)."
+    )
 
 
 document_parameters(em_inf, EM_INF_PARAMETERS)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "MIN_TEMPERATURE",
     "check_adaptive_temperature_arguments",
     "check_choice",
     "check_em_inf_arguments",
@@ -26,7 +27,6 @@ __all__ = [
     "check_scores",
     "check_temperature",
     "is_real_number",
-    "MIN_TEMPERATURE",
 ]
 
 
@@ -99,7 +99,8 @@ def check_adaptive_temperature_arguments(
     alpha: float, threshold: float, tau_min: float, tau_max: float, max_iter: int, tol: float
 ) -> tuple[float, float, float, float, int, float]:
     """The settings of adaptive temperature, checked and normalized (numbers as ``float``):
-    0 < alpha <= 1, threshold >= 0, MIN_TEMPERATURE <= tau_min < tau_max (temperatures), max_iter >= 1, tol > 0."""
+    0 < alpha <= 1, threshold >= 0, MIN_TEMPERATURE <= tau_min < tau_max (temperatures),
+    max_iter >= 1, tol > 0."""
     alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True)
     threshold = check_number("threshold", threshold, low=0.0)
     low = check_temperature(tau_min, name="tau_min")
@@ -134,9 +135,9 @@ def _check_temperature_value(name: str, value: float) -> float:
         raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
     if value < MIN_TEMPERATURE:
         raise ValueError(
-            f"`{name}` must be >= {MIN_TEMPERATURE:g}, got {value!r}: below it 1/{name} overflows the float32 "
-            "entropy gradient. Use a larger value (the ops subtract each row's maximum first, so any value "
-            "from there on is computed exactly)."
+            f"`{name}` must be >= {MIN_TEMPERATURE:g}, got {value!r}: below it 1/{name} overflows the "
+            "float32 entropy gradient. Use a larger value (the ops subtract each row's maximum first, so "
+            "any value from there on is computed exactly)."
         )
     return value
 
@@ -159,7 +160,9 @@ def check_temperature(
     """
     if isinstance(temperature, torch.Tensor):
         if not temperature.is_floating_point():
-            raise TypeError(f"`{name}` must be a floating-point tensor, got {temperature.dtype}; use `{name}.float()`.")
+            raise TypeError(
+                f"`{name}` must be a floating-point tensor, got {temperature.dtype}; use `{name}.float()`."
+            )
         if temperature.requires_grad and not differentiable:
             raise ValueError(
                 f"`{name}` requires grad, but this op gives it no gradient; pass `{name}.detach()` (or use "
@@ -172,15 +175,15 @@ def check_temperature(
                 f"`{name}` must be one number here, got a tensor of shape {tuple(temperature.shape)}; this op "
                 f"takes one temperature for all rows (`float({name})` for a single value)."
             )
-        target = tuple(per_row or ()) + (1,)
+        target = (*tuple(per_row or ()), 1)
         try:
             fits = torch.broadcast_shapes(tuple(temperature.shape), target) == target
         except RuntimeError:
             fits = False
         if not fits:
             raise ValueError(
-                f"`{name}` of shape {tuple(temperature.shape)} does not broadcast to the logits' rows {target}; "
-                f"give one temperature per row, shape {target}."
+                f"`{name}` of shape {tuple(temperature.shape)} does not broadcast to the logits' rows "
+                f"{target}; give one temperature per row, shape {target}."
             )
         values = temperature.detach()
         if not bool(torch.isfinite(values).all() & (values > 0).all()):
@@ -236,7 +239,9 @@ def check_labels(
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"`labels` must be a torch.Tensor or None, got {type(labels).__name__}.")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(f"`labels` must be an integer tensor (int64), got {labels.dtype}; use `labels.long()`.")
+        raise TypeError(
+            f"`labels` must be an integer tensor (int64), got {labels.dtype}; use `labels.long()`."
+        )
     if tuple(labels.shape) != tuple(shape):
         raise ValueError(
             f"`labels` must have shape {shape_name} = {tuple(shape)}, got {tuple(labels.shape)}{hint}."

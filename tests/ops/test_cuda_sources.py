@@ -138,13 +138,13 @@ using em_hf::cuda::Dtype;
 extern "C" {
 int emu_entropy_forward(const void* x, int dtype, int64_t rows, int64_t vocab, int64_t stride, float inv_t,
                         const int64_t* labels, bool self_certainty, float* stats) {
-  return em_hf::cuda::entropy_forward(x, Dtype(dtype), rows, vocab, stride, inv_t, labels, self_certainty, stats,
-                                      nullptr);
+  return em_hf::cuda::entropy_forward(x, Dtype(dtype), rows, vocab, stride, inv_t, labels, self_certainty,
+                                      stats, nullptr);
 }
 int emu_entropy_backward(const float* grads, const void* x, int dtype, int64_t rows, int64_t vocab,
                          int64_t stride, const float* stats, const int64_t* labels, float inv_t, void* grad) {
-  return em_hf::cuda::entropy_backward(grads, x, Dtype(dtype), rows, vocab, stride, stats, labels, inv_t, grad,
-                                       nullptr);
+  return em_hf::cuda::entropy_backward(grads, x, Dtype(dtype), rows, vocab, stride, stats, labels, inv_t,
+                                       grad, nullptr);
 }
 int emu_em_inf(const void* x, int dtype, int64_t rows, int64_t vocab, int64_t stride, float threshold,
                int64_t n_steps, float lr, float kl_weight, bool adam, float beta1, float beta2, float eps,
@@ -318,7 +318,15 @@ def test_entropy_forward_and_backward_match_torch(emulated, vocab, dtype, extras
     labels = torch.tensor([vocab - 1, 3, 0, 1, vocab - 1, IGNORE_INDEX]) if extras else None
     stats = torch.empty(rows, STAT_COLUMNS)
     status = emulated.emu_entropy_forward(
-        ptr(logits), code, rows, vocab, logits.stride(0), 1 / temperature, labels_ptr(labels), extras, ptr(stats)
+        ptr(logits),
+        code,
+        rows,
+        vocab,
+        logits.stride(0),
+        1 / temperature,
+        labels_ptr(labels),
+        extras,
+        ptr(stats),
     )
     assert status == 0
     expected = entropy_forward_torch(logits, temperature, labels, extras)
@@ -334,8 +342,16 @@ def test_entropy_forward_and_backward_match_torch(emulated, vocab, dtype, extras
     grads[1] = 0.0  # nothing to propagate: zeros
     grad = torch.empty(rows, vocab, dtype=dtype)
     status = emulated.emu_entropy_backward(
-        ptr(grads), ptr(logits), code, rows, vocab, logits.stride(0), ptr(stats), labels_ptr(labels),
-        1 / temperature, ptr(grad),
+        ptr(grads),
+        ptr(logits),
+        code,
+        rows,
+        vocab,
+        logits.stride(0),
+        ptr(stats),
+        labels_ptr(labels),
+        1 / temperature,
+        ptr(grad),
     )
     assert status == 0
     assert bool((grad[[1, 3]] == 0).all()) and bool((grad[2, ::3] == 0).all())

@@ -95,7 +95,12 @@ def test_numpy_scalars_and_0_dim_tensors_are_numbers_everywhere():
     """np.float32(0.5) was refused; it, a 0-dim tensor and an int give what the float gives."""
     ops = _temperature_ops(torch.randn(3, 8), torch.randn(3, 4), torch.randn(8, 4))
     for name, op in ops.items():
-        for number, same in ((0.5, np.float32(0.5)), (0.5, np.float64(0.5)), (0.5, torch.tensor(0.5)), (2.0, 2)):
+        for number, same in (
+            (0.5, np.float32(0.5)),
+            (0.5, np.float64(0.5)),
+            (0.5, torch.tensor(0.5)),
+            (2.0, 2),
+        ):
             for got, expected in zip(_outputs(op(same)), _outputs(op(number)), strict=True):
                 torch.testing.assert_close(got, expected, msg=f"{name} with {same!r}")
 
