@@ -392,11 +392,11 @@ def token_statistics(
     >>> from em_hf.ops import token_statistics
     >>> logits = torch.tensor([[2.0, 1.0, 0.0, float("-inf")]], requires_grad=True)
     >>> stats = token_statistics(logits, labels=torch.tensor([0]))
-    >>> [round(v.item(), 4) for v in stats]  # H, KL(uniform over 3 || p), log p[0]
-    [0.8324, 0.3245, -0.4076]
-    >>> (stats.self_certainty + stats.logprob).sum().backward()
+    >>> [round(v.item(), 4) for v in stats]  # H, KL(uniform over 3 || p) = 2.4076 - 1 - log 3, log p[0]
+    [0.8324, 0.309, -0.4076]
+    >>> (stats.self_certainty + stats.logprob).sum().backward()  # (p - 1/3) + (onehot - p)
     >>> logits.grad.round(decimals=4)
-    tensor([[ 0.0000,  0.0000, -0.0000,  0.0000]])
+    tensor([[ 0.6667, -0.3333, -0.3333,  0.0000]])
 
     ```
     """

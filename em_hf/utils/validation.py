@@ -172,8 +172,8 @@ def check_temperature(
             return _check_temperature_value(name, float(temperature))
         if per_row is None:
             raise TypeError(
-                f"`{name}` must be one number here, got a tensor of shape {tuple(temperature.shape)}; this op "
-                f"takes one temperature for all rows (`float({name})` for a single value)."
+                f"`{name}` must be one number here, got a tensor of shape {tuple(temperature.shape)}; this "
+                f"op takes one temperature for all rows (`float({name})` for a single value)."
             )
         target = (*tuple(per_row or ()), 1)
         try:
