@@ -106,7 +106,14 @@ struct RowStats {
     using vec::VecF;
     constexpr float kNegInfinity = -std::numeric_limits<float>::infinity();
     VecF block_max = vec::broadcast(kNegInfinity);
-    for (int64_t i = 0; i < n_values; i += vec::kLanes) block_max = vec::vmax(block_max, vec::load(x + i));
+    // kExtras: the minimum too, so that a block without masked (-inf) entries, the usual case, skips
+    // the finiteness mask below.
+    VecF block_min = vec::broadcast(std::numeric_limits<float>::infinity());
+    for (int64_t i = 0; i < n_values; i += vec::kLanes) {
+      const VecF xi = vec::load(x + i);
+      block_max = vec::vmax(block_max, xi);
+      if constexpr (kExtras) block_min = xi < block_min ? xi : block_min;
+    }
     const float bm = vec::hmax(block_max);
     if (bm == kNegInfinity) {
       // Only -inf here, or NaN (ignored by the max): one NaN must still reach S.
@@ -135,6 +142,7 @@ struct RowStats {
     const VecF neg_inf = vec::broadcast(kNegInfinity);
     const VecF one = vec::broadcast(1.0f);
     VecF sv = zero, av = zero, dv = zero, nv = zero;
+    const bool masked = kExtras && -vec::hmax(-block_min) == kNegInfinity;
     for (int64_t i = 0; i < n_values; i += vec::kLanes) {
       const VecF xi = vec::load(x + i);
       const VecF d = (xi - mv) * scale_v;
@@ -142,16 +150,20 @@ struct RowStats {
       sv += e;
       av += e > zero ? d * e : zero;  // -inf * 0 would be NaN; a NaN input reaches S through e
       if constexpr (kExtras) {
-        const auto finite = xi > neg_inf;  // masked entries (-inf) are not part of "uniform"
-        dv += finite ? d : zero;
-        nv += finite ? one : zero;
+        if (masked) {
+          const auto finite = xi > neg_inf;  // masked entries (-inf) are not part of "uniform"
+          dv += finite ? d : zero;
+          nv += finite ? one : zero;
+        } else {
+          dv += d;
+        }
       }
     }
     s += vec::hsum(sv);
     a += vec::hsum(av);
     if constexpr (kExtras) {
       d_sum += vec::hsum(dv);
-      n += vec::hsum(nv);
+      n += masked ? vec::hsum(nv) : static_cast<float>(n_values);
     }
   }
 
