@@ -1,4 +1,6 @@
-"""Rewards for EM-RL and its self-consistency baseline (Unreasonable Effectiveness of EM, sec. 3.2, 3.3).
+"""Label-free rewards: EM-RL and its self-consistency baseline (Unreasonable Effectiveness of EM,
+sec. 3.2, 3.3), and the family around them: INTUITOR's self-certainty, RENT's mean entropy and
+EMPO's semantic entropy.
 
 Two pure tensor functions turn per-token quantities of N sampled completions into one reward per
 completion (``[N, T]`` inputs, ``[N]`` output), summing over the completion tokens only:
@@ -11,6 +13,18 @@ anything after EOS. Maximising E[r_tok] minimises the token-level entropy estima
 maximising E[r_seq] the trajectory-level one (eq. 1). :class:`em_hf.EMRLOOTrainer` feeds them with
 the per-token entropies and log-probabilities that trl's RLOOTrainer already computes in its scoring
 forward pass of the sampling policy.
+
+Two more per-token reductions, means over the completion tokens instead of sums:
+
+    self_certainty_reward:   r_sc(y)   =  (1/|y|) sum_t mask_t KL(U || pi(. | y_<t))
+                             (INTUITOR, "Learning to Reason without External Rewards",
+                             arXiv:2505.19590; higher = more confident)
+    mean_entropy_reward:     r_rent(y) = -(1/|y|) sum_t mask_t H_t
+                             (RENT, "Maximizing Confidence Alone Improves Reasoning",
+                             arXiv:2505.22660; higher = lower entropy = more confident)
+
+with U uniform over the vocabulary (its unmasked tokens) and KL(U || p) = logsumexp(z) - mean(z)
+- log V (:func:`em_hf.ops.token_statistics` computes it in the entropy pass).
 
 ``self_consistency_reward`` is the SC-RL baseline (Unreasonable Effectiveness of EM, sec. 3.3), a reward
 function in the form trl's ``RLOOTrainer`` and ``GRPOTrainer`` call (``prompts``, ``completions``,
@@ -26,16 +40,27 @@ counts as a vote for another one.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from em_hf.generation.prompts import is_conversational
-from em_hf.utils.answers import extract_answer
-from em_hf.utils.validation import check_float_tensor, check_int
+from em_hf.utils.answers import answers_equivalent, extract_answer
+from em_hf.utils.validation import check_float_tensor, check_int, check_number
 
-__all__ = ["self_consistency_reward", "sequence_logprob_reward", "token_entropy_reward"]
+__all__ = [
+    "cluster_entropy",
+    "mean_entropy_reward",
+    "self_certainty_reward",
+    "self_consistency_reward",
+    "semantic_clusters",
+    "semantic_entropy_reward",
+    "semantic_entropy_rewards_and_entropies",
+    "sequence_logprob_reward",
+    "token_entropy_reward",
+]
 
 
 def _check_per_token(values: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
@@ -67,6 +92,12 @@ def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
     values = values.to(dtype)
     return torch.where(mask.to(values.device), values, torch.zeros_like(values)).sum(dim=-1)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the masked-in positions of each row; 0 for a row without any."""
+    count = mask.to(values.device).sum(dim=-1).clamp_min(1)
+    return _masked_sum(values, mask) / count
 
 
 def token_entropy_reward(entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -121,6 +152,89 @@ def sequence_logprob_reward(logps: torch.Tensor, mask: torch.Tensor) -> torch.Te
     """
     mask = _check_per_token(logps, mask, "logps")
     return _masked_sum(logps, mask)
+
+
+def self_certainty_reward(self_certainty: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """INTUITOR's reward: the mean self-certainty over the completion tokens,
+    r(y) = (1/|y|) sum_t KL(U || pi(. | x, y_<t)).
+
+    "Learning to Reason without External Rewards" (arXiv:2505.19590), eq. of "self-certainty":
+    KL(U || p) = -log V - (1/V) sum_v log p_v = logsumexp(z) - mean(z) - log V, with U uniform over
+    the V unmasked vocabulary tokens. Sign: higher = more confident (0 for a uniform p); maximize it.
+
+    Parameters:
+        self_certainty (`torch.Tensor` of shape `[N, T]`):
+            Per-token KL(U || p) of the sampling policy at the positions that predict the completion
+            tokens (:func:`em_hf.ops.token_statistics` or ``linear_token_entropy(...,
+            self_certainty=True)`` return it).
+        mask (`torch.Tensor` of shape `[N, T]`):
+            As in :func:`token_entropy_reward`.
+
+    Returns:
+        `torch.Tensor` of shape `[N]`: float32 (float64 for float64 input); 0 for an all-masked row.
+
+    Examples:
+        >>> import torch
+        >>> from em_hf.rewards import self_certainty_reward
+        >>> values, mask = torch.tensor([[2.0, 1.0, 7.0], [0.5, 0.0, 0.0]]), torch.tensor([[1, 1, 0], [1, 0, 0]])
+        >>> self_certainty_reward(values, mask)
+        tensor([1.5000, 0.5000])
+    """
+    mask = _check_per_token(self_certainty, mask, "self_certainty")
+    return _masked_mean(self_certainty, mask)
+
+
+def mean_entropy_reward(
+    entropies: torch.Tensor,
+    mask: torch.Tensor,
+    has_answer: torch.Tensor | None = None,
+    format_penalty: float = 0.0,
+) -> torch.Tensor:
+    """RENT's reward: minus the mean token entropy over the completion tokens,
+    r(y) = -(1/|y|) sum_t H(pi(. | x, y_<t)), optionally minus a format penalty.
+
+    "Maximizing Confidence Alone Improves Reasoning" (RENT, arXiv:2505.22660): the entropy averaged
+    over the response, negated. Unlike EM-RL-token (:func:`token_entropy_reward`, a sum), the mean
+    does not reward short answers for being short. Sign: higher = more confident; maximize it.
+    The option: a completion without an extractable final answer (``has_answer`` False) loses
+    ``format_penalty``, so that confidence is not bought by dropping the answer format.
+
+    Parameters:
+        entropies (`torch.Tensor` of shape `[N, T]`):
+            Token entropies, as in :func:`token_entropy_reward`.
+        mask (`torch.Tensor` of shape `[N, T]`):
+            As in :func:`token_entropy_reward`.
+        has_answer (`torch.Tensor` of shape `[N]`, *optional*):
+            Bool: whether each completion has a final answer (e.g. ``extract_answer(text) is not
+            None``). Required when ``format_penalty`` is not 0.
+        format_penalty (`float`, *optional*, defaults to `0.0`):
+            Subtracted from the reward of completions without an answer (>= 0).
+
+    Returns:
+        `torch.Tensor` of shape `[N]`: float32 (float64 for float64 input); 0 for an all-masked row
+        (before the penalty).
+
+    Examples:
+        >>> import torch
+        >>> from em_hf.rewards import mean_entropy_reward
+        >>> entropies = torch.tensor([[0.5, 0.25, 9.0], [1.0, 3.0, 2.0]])
+        >>> mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+        >>> mean_entropy_reward(entropies, mask)
+        tensor([-0.3750, -2.0000])
+        >>> mean_entropy_reward(entropies, mask, has_answer=torch.tensor([True, False]), format_penalty=1.0)
+        tensor([-0.3750, -3.0000])
+    """
+    mask = _check_per_token(entropies, mask, "entropies")
+    penalty = check_number("format_penalty", format_penalty, low=0.0)
+    rewards = -_masked_mean(entropies, mask)
+    if penalty:
+        if not isinstance(has_answer, torch.Tensor) or has_answer.shape != rewards.shape:
+            raise ValueError(
+                f"`has_answer` must be a bool tensor of shape {tuple(rewards.shape)} (one per completion) "
+                "when `format_penalty` is not 0."
+            )
+        rewards = rewards - penalty * (~has_answer.bool()).to(rewards.device, rewards.dtype)
+    return rewards
 
 
 def _completion_text(completion: Any) -> str:
@@ -233,6 +347,21 @@ def self_consistency_reward(
         >>> self_consistency_reward(["What is 2 + 2?"] * 4, completions)
         [0.5, 0.5, 0.25, 0.0]
     """
+    answers, groups, local = _grouped_answers(prompts, completions, num_generations, gather)
+    rewards = [0.0] * len(answers)
+    for group in groups:
+        size = len(group)
+        for i in group:
+            if answers[i] is not None:
+                rewards[i] = sum(answers[j] == answers[i] for j in group) / size
+    return rewards[local]
+
+
+def _grouped_answers(
+    prompts: Sequence[Any], completions: Sequence[Any], num_generations: int | None, gather: bool
+) -> tuple[list[str | None], list[range], slice]:
+    """The final answers of the completions (all processes' when gathering), their prompt groups and
+    the slice of them that belongs to this process."""
     if len(prompts) != len(completions):
         raise ValueError(
             f"`prompts` ({len(prompts)}) and `completions` ({len(completions)}) must have the same length: "
@@ -246,10 +375,110 @@ def self_consistency_reward(
     distributed = gather and torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and torch.distributed.get_world_size() > 1:
         keys, answers, offset = _gather_across_processes(keys, answers)
-    rewards = [0.0] * len(keys)
-    for group in _groups(keys, num_generations):
-        size = len(group)
-        for i in group:
-            if answers[i] is not None:
-                rewards[i] = sum(answers[j] == answers[i] for j in group) / size
-    return rewards[offset : offset + len(completions)]
+    return answers, _groups(keys, num_generations), slice(offset, offset + len(completions))
+
+
+def semantic_clusters(answers: Sequence[str | None]) -> list[int | None]:
+    r"""Cluster ids of final answers by mathematical equivalence: each answer joins the first cluster
+    whose first member it is equivalent to (:func:`em_hf.utils.answers.answers_equivalent`: equal
+    normalized strings, equal numbers, else math-verify's symbolic equivalence), else opens a new
+    one. None for a missing answer.
+
+    Examples:
+        >>> from em_hf.rewards import semantic_clusters
+        >>> semantic_clusters(["1/2", "0.5", "\\frac{1}{2}", "2", None])
+        [0, 0, 0, 1, None]
+    """
+    representatives: list[str] = []
+    clusters: list[int | None] = []
+    for answer in answers:
+        if answer is None:
+            clusters.append(None)
+            continue
+        for index, representative in enumerate(representatives):
+            if answers_equivalent(answer, representative):
+                clusters.append(index)
+                break
+        else:
+            representatives.append(answer)
+            clusters.append(len(representatives) - 1)
+    return clusters
+
+
+def cluster_entropy(clusters: Sequence[int | None]) -> float:
+    """The semantic entropy of one group: -sum_k (|C_k| / N) log(|C_k| / N) over its answer clusters,
+    a completion without an answer counting as a cluster of its own (it agrees with nothing). 0 when
+    all N agree, log N when no two do."""
+    size = len(clusters)
+    counts: dict[Any, int] = {}
+    for index, cluster in enumerate(clusters):
+        key = ("none", index) if cluster is None else cluster
+        counts[key] = counts.get(key, 0) + 1
+    return -sum(c / size * math.log(c / size) for c in counts.values())
+
+
+def semantic_entropy_reward(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    num_generations: int | None = None,
+    gather: bool = True,
+    **kwargs: Any,
+) -> list[float]:
+    """EMPO's reward: the share of the completions of the same prompt whose final answer is
+    mathematically equivalent to this one's.
+
+    "Right Question is Already Half the Answer: Fully Unsupervised LLM Reasoning Incentivization"
+    (EMPO, arXiv:2504.05812): the N completions of a prompt are clustered by meaning (here: final
+    answers by mathematical equivalence, :func:`semantic_clusters`), and r_i = |C(i)| / N, the
+    empirical probability of completion i's cluster; minimizing the group's semantic entropy
+    H = -sum_k (|C_k|/N) log(|C_k|/N) (:func:`cluster_entropy`) is what this reward drives in
+    expectation. Sign: higher = the answer is shared by more samples. A completion without an
+    extractable answer gets 0. Unlike :func:`self_consistency_reward` (exact string votes),
+    ``1/2``, ``0.5`` and ``\\frac{1}{2}`` fall in one cluster. Needs math-verify (``em_hf[eval]``).
+
+    A trl reward function (``prompts``, ``completions``, ``**kwargs``), grouped and gathered like
+    :func:`self_consistency_reward`; :class:`em_hf.EMRLOOTrainer` (``label_free_rewards``) also
+    logs the mean cluster entropy of its groups as ``semantic_entropy/cluster_entropy``.
+
+    Parameters:
+        prompts (`Sequence[str | list[dict]]`):
+            One prompt per completion.
+        completions (`Sequence[str | list[dict]]`):
+            The completions, aligned with ``prompts``.
+        num_generations (`int`, *optional*):
+            As in :func:`self_consistency_reward`.
+        gather (`bool`, *optional*, defaults to `True`):
+            As in :func:`self_consistency_reward`.
+        **kwargs:
+            The other columns trl passes; ignored.
+
+    Returns:
+        `list[float]`: one value in [0, 1] per completion.
+
+    Examples:
+        >>> from em_hf.rewards import semantic_entropy_reward
+        >>> completions = [r"\\boxed{\\frac{1}{2}}", "it is 0.5", r"\\boxed{2}", "no idea"]
+        >>> semantic_entropy_reward(["Half of 1?"] * 4, completions)
+        [0.5, 0.5, 0.25, 0.0]
+    """
+    return semantic_entropy_rewards_and_entropies(prompts, completions, num_generations, gather)[0]
+
+
+def semantic_entropy_rewards_and_entropies(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    num_generations: int | None = None,
+    gather: bool = True,
+) -> tuple[list[float], list[float]]:
+    """:func:`semantic_entropy_reward`'s rewards (this process's completions) and the cluster
+    entropy of every group (all processes' groups when gathering)."""
+    answers, groups, local = _grouped_answers(prompts, completions, num_generations, gather)
+    rewards = [0.0] * len(answers)
+    entropies = []
+    for group in groups:
+        clusters = semantic_clusters([answers[i] for i in group])
+        entropies.append(cluster_entropy(clusters))
+        for i, cluster in zip(group, clusters, strict=True):
+            if cluster is not None:
+                rewards[i] = clusters.count(cluster) / len(group)
+    return rewards[local], entropies
