@@ -176,7 +176,8 @@ def self_certainty_reward(self_certainty: torch.Tensor, mask: torch.Tensor) -> t
     Examples:
         >>> import torch
         >>> from em_hf.rewards import self_certainty_reward
-        >>> values, mask = torch.tensor([[2.0, 1.0, 7.0], [0.5, 0.0, 0.0]]), torch.tensor([[1, 1, 0], [1, 0, 0]])
+        >>> values = torch.tensor([[2.0, 1.0, 7.0], [0.5, 0.0, 0.0]])
+        >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
         >>> self_certainty_reward(values, mask)
         tensor([1.5000, 0.5000])
     """
