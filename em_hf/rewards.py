@@ -46,12 +46,22 @@ from typing import Any
 
 import torch
 
-from em_hf.generation.prompts import is_conversational
+from em_hf.generation.prompts import is_conversational, render_prompt
+from em_hf.ops import token_statistics
 from em_hf.utils.answers import answers_equivalent, extract_answer
-from em_hf.utils.validation import check_float_tensor, check_int, check_number
+from em_hf.utils.validation import (
+    check_choice,
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_temperature,
+)
 
 __all__ = [
+    "PER_TOKEN_REWARDS",
+    "TokenStatisticsReward",
     "cluster_entropy",
+    "completion_text",
     "mean_entropy_reward",
     "self_certainty_reward",
     "self_consistency_reward",
@@ -238,7 +248,106 @@ def mean_entropy_reward(
     return rewards
 
 
-def _completion_text(completion: Any) -> str:
+PER_TOKEN_REWARDS = ("self_certainty", "mean_entropy", "token_entropy", "sequence_logprob")
+
+
+class TokenStatisticsReward:
+    """A per-token label-free reward as a trl reward function, for trl's own ``RLOOTrainer`` and
+    ``GRPOTrainer``: it scores the completions with one no-grad forward of ``model`` (pass the
+    policy being trained) and reduces the per-token statistics of :func:`em_hf.ops.token_statistics`.
+
+    ``"self_certainty"`` (INTUITOR, :func:`self_certainty_reward`), ``"mean_entropy"`` (RENT,
+    :func:`mean_entropy_reward`), ``"token_entropy"`` (EM-RL-token, :func:`token_entropy_reward`) or
+    ``"sequence_logprob"`` (EM-RL-sequence, :func:`sequence_logprob_reward`), at the sampling
+    ``temperature``. The cost is that forward (prompt + completion, the logits of the completion
+    positions); :class:`em_hf.EMRLOOTrainer` computes the same rewards without it, from its own
+    scoring pass (``EMRLOOConfig.label_free_rewards``). trl logs it as ``rewards/<name>/mean``.
+
+    Parameters:
+        name (`str`):
+            One of ``"self_certainty"``, ``"mean_entropy"``, ``"token_entropy"``, ``"sequence_logprob"``.
+        model (`PreTrainedModel`):
+            The policy (the same object the trainer trains, so that the reward follows its updates).
+        processing_class (`PreTrainedTokenizerBase`):
+            Its tokenizer (prompts are rendered with :func:`em_hf.generation.prompts.render_prompt`).
+        temperature (`float`, *optional*, defaults to `1.0`):
+            The sampling temperature (trl's ``args.temperature``).
+        format_penalty (`float`, *optional*, defaults to `0.0`):
+            RENT's option for ``"mean_entropy"``: subtracted when a completion has no final answer.
+
+    Examples:
+        >>> from em_hf.rewards import TokenStatisticsReward
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> model, tokenizer = tiny_llama_and_tokenizer()
+        >>> reward = TokenStatisticsReward("self_certainty", model, tokenizer)
+        >>> values = reward(["2 + 2 ="] * 2, ["4", "5 6"], completion_ids=[[5], [6, 7]])
+        >>> len(values), all(v > 0 for v in values)
+        (2, True)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: Any,
+        processing_class: Any,
+        temperature: float = 1.0,
+        format_penalty: float = 0.0,
+    ) -> None:
+        self.name = check_choice("name", name, PER_TOKEN_REWARDS)
+        self.__name__ = name
+        self.model = model
+        self.processing_class = processing_class
+        self.temperature = check_temperature(temperature)
+        self.format_penalty = check_number("format_penalty", format_penalty, low=0.0)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]],
+        **kwargs,
+    ) -> list[float | None]:
+        prompt_ids = [render_prompt(self.processing_class, prompt) for prompt in prompts]
+        device = next(self.model.parameters()).device
+        rows = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        pad = self.processing_class.pad_token_id or 0
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, row in enumerate(rows):  # right padding: the completion follows its prompt
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+        logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        # position t - 1 predicts token t: the completion of row i is predicted from len(prompt) - 1 on
+        picked = [
+            logits[i, len(p) - 1 : len(p) - 1 + len(c)]
+            for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True))
+        ]
+        labels = torch.tensor([t for c in completion_ids for t in c], dtype=torch.long, device=logits.device)
+        stats = token_statistics(torch.cat(picked).float(), self.temperature, labels)
+        lengths = [len(c) for c in completion_ids]
+        mask = torch.zeros(len(rows), max(max(lengths), 1), dtype=torch.bool)
+        per_token = {key: torch.zeros(mask.shape) for key in ("entropy", "self_certainty", "logprob")}
+        start = 0
+        for i, n in enumerate(lengths):
+            mask[i, :n] = True
+            for key in per_token:
+                per_token[key][i, :n] = getattr(stats, key)[start : start + n].cpu()
+            start += n
+        if self.name == "self_certainty":
+            rewards = self_certainty_reward(per_token["self_certainty"], mask)
+        elif self.name == "mean_entropy":
+            has_answer = torch.tensor([extract_answer(completion_text(c)) is not None for c in completions])
+            rewards = mean_entropy_reward(per_token["entropy"], mask, has_answer, self.format_penalty)
+        elif self.name == "token_entropy":
+            rewards = token_entropy_reward(per_token["entropy"], mask)
+        else:
+            rewards = sequence_logprob_reward(per_token["logprob"], mask)
+        return [None if n == 0 else float(r) for r, n in zip(rewards.tolist(), lengths, strict=True)]
+
+
+def completion_text(completion: Any) -> str:
     """The text of one completion as trl passes it: a string (standard format) or a list of chat
     messages (conversational format; the content of the last message, text parts joined)."""
     if isinstance(completion, str):
@@ -371,7 +480,7 @@ def _grouped_answers(
     if num_generations is not None:
         check_int("num_generations", num_generations, hint=" (or None)")
     keys = [_prompt_key(p) for p in prompts]
-    answers = [extract_answer(_completion_text(c)) for c in completions]
+    answers = [extract_answer(completion_text(c)) for c in completions]
     offset = 0
     distributed = gather and torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and torch.distributed.get_world_size() > 1:

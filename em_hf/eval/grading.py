@@ -28,6 +28,7 @@ from em_hf.utils.answers import (
 
 __all__ = ["answers_equivalent", "grade_math", "grade_physics", "numeric_value", "split_top_level"]
 
+
 def _final_answer(completion: str, strict: bool) -> str | None:
     if strict:
         return extract_boxed(completion)
