@@ -129,11 +129,8 @@ def test_two_steps_of_trl_trainers_with_each_reward(tmp_path, word_tokenizer, tr
     )
     trainer.train()
     assert trainer.state.global_step == 2
-    logged = [
-        entry[f"rewards/{name}/mean"]
-        for entry in trainer.state.log_history
-        if f"rewards/{name}/mean" in entry
-    ]
+    key = f"rewards/{reward.__name__}/mean"  # trl logs a reward function under its __name__
+    logged = [entry[key] for entry in trainer.state.log_history if key in entry]
     assert len(logged) == 2 and all(math.isfinite(v) for v in logged)
 
 
