@@ -175,6 +175,11 @@ class EMRLOOTrainer(RLOOTrainer):
         callbacks, optimizers, quantization_config, peft_config:
             As in ``trl.RLOOTrainer``; with ``peft_config`` the KL reference is the adapter-free model.
 
+    ``args.label_free_rewards`` adds INTUITOR's self-certainty, RENT's mean entropy, EMPO's semantic
+    entropy and the EM rewards by name, each a reward function of its own, computed from the same
+    scoring pass (the self-certainty from its final hidden states through the LM head: no second
+    forward) and logged as ``rewards/<name>/mean``.
+
     The EM reward appears in trl's logs as ``rewards/em_token/mean`` (or ``em_sequence``). How the
     reward reuses trl's scoring forward, and which trl internals that relies on: see the module
     docstring. Supported trl versions: :data:`SUPPORTED_TRL`.
