@@ -197,3 +197,15 @@ def test_label_free_rewards_config_errors(tmp_path):
         make_args(tmp_path, label_free_rewards={"self_certainty": math.nan})
     with pytest.raises(ValueError, match="non-empty dict"):
         make_args(tmp_path, label_free_rewards={})
+
+
+def test_self_certainty_refuses_a_model_with_scaled_logits(tmp_path, word_tokenizer):
+    """The self-certainty goes through the LM head weight and bias only; a soft-capped model's
+    logits differ from that, so it is refused with the alternatives."""
+    model = make_tiny_llama()
+    model.config.final_logit_softcapping = 30.0
+    args = make_args(tmp_path, em_reward=None, label_free_rewards={"self_certainty": 1.0}, beta=0.0)
+    with pytest.raises(ValueError, match=r"`final_logit_softcapping`=30\.0.*'mean_entropy'"):
+        EMRLOOTrainer(
+            model=model, args=args, train_dataset=prompt_dataset(4), processing_class=word_tokenizer
+        )

@@ -252,8 +252,6 @@ class EMRLOOTrainer(RLOOTrainer):
                 "{'self_certainty': 1.0}), or pass reward_funcs (e.g. em_hf.rewards.self_consistency_reward "
                 "for SC-RL)."
             )
-        if "self_certainty" in label_free:
-            _check_plain_lm_head(model)
         if (
             args.beta != 0.0
             and not isinstance(model, str)
@@ -319,6 +317,8 @@ class EMRLOOTrainer(RLOOTrainer):
             weights.append(float(args.em_reward_weight))
         weights += list(label_free.values())
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+        if "self_certainty" in label_free:
+            _check_plain_lm_head(self.model)
 
     # ---- The hook: capture the sampling policy's scores of the completions (trl's own forward). ----
 
@@ -488,8 +488,6 @@ def _capture_final_hidden_states(model: Any, into: list[torch.Tensor]):
 def _check_plain_lm_head(model: Any) -> None:
     """The self-certainty is computed from the final hidden states through the LM head weight and
     bias: a model whose logits are further scaled or soft-capped would need those steps too."""
-    if isinstance(model, str):
-        return
     config = model.config.get_text_config()
     for name in (
         "final_logit_softcapping",
