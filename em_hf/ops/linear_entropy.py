@@ -5,9 +5,11 @@ For hidden states h [..., D], an LM head W [V, D] with optional bias b [V] and a
     z = h @ W.T + b,    p = softmax(z / T)
     H = -sum_v p_v log p_v                                  (the token entropy)
     log p[y] = z_y / T - logsumexp(z / T)                   (when ``labels`` y are given)
+    SC = logsumexp(z / T) - mean(z / T) - log V             (with ``self_certainty``: KL(U || p))
 
     dH/dz_v       = -(1/T) p_v (log p_v + H)
     dlog p[y]/dz_v = (1[v == y] - p_v) / T
+    dSC/dz_v      = (p_v - 1/V) / T
     grad_h = grad_z @ W,   grad_W = grad_z.T @ h,   grad_b = sum over rows of grad_z
 
 This is the loss of EM-FT ("The Unreasonable Effectiveness of Entropy Minimization in LLM
@@ -15,9 +17,10 @@ Reasoning", section 3.1) and of "One-shot Entropy Minimization": the mean entrop
 softmax(logits / T) at the generated positions, where ``[rows, V]`` logits dominate the memory of the
 step (8192 tokens x 49152 vocabulary = 1.5 GiB of float32 logits, and as much again for their
 gradient). Here the rows are processed ``chunk_size`` at a time: each chunk's logits are computed,
-reduced to two floats per row (H and lse) by :func:`em_hf.ops.entropy.entropy_forward` (the compiled
-kernels when available) and dropped. Only ``hidden``, ``weight``, ``bias``, ``labels`` and the
-per-row (H, lse) are saved for backward, which recomputes each chunk's logits. Peak extra memory
+reduced to six floats per row (H, the row maximum and log-sum, the self-certainty, the label
+log-prob, the count of unmasked tokens) by :func:`em_hf.ops.entropy.entropy_forward` (the compiled
+kernels when available) and dropped. Only ``hidden``, ``weight``, ``bias``, ``labels`` and these
+per-row statistics are saved for backward, which recomputes each chunk's logits. Peak extra memory
 therefore grows with ``chunk_size x V``, not ``rows x V``, at the price of one more matmul.
 """
 
