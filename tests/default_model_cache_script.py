@@ -22,7 +22,9 @@ def _fake_conversion():
     with open(os.environ["BUILD_LOG"], "a", encoding="utf-8") as log:
         log.write(f"{os.getpid()}\n")
     time.sleep(1.5)
-    return make_tiny_llama(sharpen=1.0, pad_token_id=None), make_word_tokenizer(pad=False, chat_template=False)
+    return make_tiny_llama(sharpen=1.0, pad_token_id=None), make_word_tokenizer(
+        pad=False, chat_template=False
+    )
 
 
 def main() -> None:

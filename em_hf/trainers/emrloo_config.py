@@ -9,6 +9,8 @@ from typing import Any
 
 from trl import RLOOConfig
 
+from em_hf.utils.validation import check_generation_kwargs
+
 __all__ = ["EM_REWARDS", "EMRLOOConfig"]
 
 EM_REWARDS = ("token", "sequence")
@@ -95,6 +97,8 @@ class EMRLOOConfig(RLOOConfig):
                 f"other completions of the same prompt), got {self.num_generations!r}; the paper uses 4 "
                 "(EMRLOOConfig.paper())."
             )
+        if not self.use_vllm:  # with vLLM they are SamplingParams fields, which vLLM checks
+            check_generation_kwargs("generation_kwargs", self.generation_kwargs)
         super().__post_init__()
 
     @classmethod

@@ -22,7 +22,17 @@ __all__ = ["FolderLockedError", "atomic_write_text", "file_lock", "sha256_file"]
 
 
 class FolderLockedError(RuntimeError):
-    """Another process holds the lock (raised by :func:`file_lock` with ``blocking=False``)."""
+    """Another process holds the lock (raised by :func:`file_lock` with ``blocking=False``).
+
+    Parameters:
+        message (`str`):
+            Which lock file, held by which process.
+
+    Examples:
+        >>> from em_hf.utils.files import FolderLockedError
+        >>> str(FolderLockedError("run.lock is held by process 42"))
+        'run.lock is held by process 42'
+    """
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
