@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import safetensors.torch
-import torch
 import transformers.modeling_utils
 
 from tests.helpers import make_tiny_llama, make_word_tokenizer

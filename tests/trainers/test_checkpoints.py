@@ -73,10 +73,9 @@ def test_checkpoint_problems_name_the_cause(tmp_path):
     out = Path(trainer.args.output_dir)
     assert last_complete_checkpoint(out) == str(out / "checkpoint-2")
     weights = out / "checkpoint-2" / "model.safetensors"
+    size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[:100])
-    assert checkpoint_problem(out / "checkpoint-2") == (
-        f"model.safetensors has 100 bytes, {json.loads((out / 'checkpoint-2' / CHECKPOINT_MANIFEST).read_text())['files']['model.safetensors']} when saved"
-    )
+    assert checkpoint_problem(out / "checkpoint-2") == f"model.safetensors has 100 bytes, {size} when saved"
     (out / "checkpoint-1" / "optimizer.pt").unlink()
     assert checkpoint_problem(out / "checkpoint-1") == "optimizer.pt is missing"
     with pytest.raises(ValueError, match=r"holds no complete checkpoint.*checkpoint-1.*checkpoint-2"):
