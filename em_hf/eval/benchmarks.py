@@ -84,6 +84,8 @@ class BenchmarkItem:
             Python test code run after the completion's code block (code).
         metadata (`dict[str, Any]`, *optional*, defaults to `{}`):
             The other fields of the row (level, type, difficulty, ...); ``NAME:key=value`` filters on them.
+        template (`str`, *optional*):
+            The prompt template the prompt was built with (a resumed run checks it did not change).
 
     Examples:
         >>> from em_hf.eval import load_benchmark
@@ -101,6 +103,7 @@ class BenchmarkItem:
     references: tuple[str, ...] = ()
     tests: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,7 @@ def _item(
         task=spec.task,
         question=question,
         prompt=_messages(template, question),
+        template=template,
         **values,
     )
 
@@ -375,6 +379,7 @@ def _arithmetic_items(options: dict[str, str], template: str) -> list[BenchmarkI
             question=p.prompt,
             prompt=_messages(template, p.prompt),
             reference=str(p.answer),
+            template=template,
             metadata={"operands": sum(token.strip(".").isdigit() for token in p.question.split())},
         )
         for p in make_arithmetic_problems(n, seed=seed)

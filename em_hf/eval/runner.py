@@ -3,10 +3,15 @@
 Files in the output folder:
 
 - ``config.json``: the settings results depend on (model, max new tokens, the engine that generated,
-  ``hf`` or ``vllm``; templates are part of the items; a ``config.json`` written before the engine was
-  recorded counts as ``hf``). A later run into the same folder must use the same settings (else a
-  clear error), and then skips every (benchmark, method, seed, item id) already in ``items.jsonl``:
-  finished items are never recomputed, so an interrupted run resumes where it stopped.
+  ``hf`` or ``vllm``, each benchmark's prompt template; a ``config.json`` written before the engine was
+  recorded counts as ``hf``, one written before the templates were recorded is not checked for them).
+  A later run into the same folder must use the same settings (else a clear error; a benchmark new to
+  the folder is added), and then skips every (benchmark, method, seed, item id) already in
+  ``items.jsonl``: finished items are never recomputed, so an interrupted run resumes where it stopped.
+  Sampling is seeded per item (:func:`~em_hf.generation.sampling.item_seed` of the seed, the benchmark
+  and the item id), so the resumed items get the answers an uninterrupted run would have given.
+- ``.em_hf_run.lock``: held while a run writes to the folder; a second run on the same folder fails
+  at once (:class:`~em_hf.utils.files.FolderLockedError`) instead of writing duplicate records.
 - ``items.jsonl``: one :class:`~em_hf.eval.methods.ItemResult` per line, appended as each chunk of
   items finishes.
 - ``table.md``: the Table-3-shaped accuracy table and the detailed table; ``accuracy_vs_flops.png``.
@@ -30,11 +35,13 @@ from em_hf.eval.methods import run_items
 from em_hf.eval.report import format_details, format_table, plot_accuracy_vs_flops, summarize
 from em_hf.generation.batched import generate_completions
 from em_hf.generation.decoding import DecodingMethod, parse_method
+from em_hf.utils.files import FolderLockedError, atomic_write_text, file_lock
 
 __all__ = ["EvalRun", "evaluate", "read_records", "split_specs"]
 
 ITEMS_FILE = "items.jsonl"
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".em_hf_run.lock"
 _CONFIG_DEFAULTS = {"engine": "hf"}  # keys added later, with the value older runs had
 
 
@@ -117,19 +124,32 @@ class EvalRun:
 
 
 def _check_config(out_dir: Path, config: dict) -> None:
+    """Compare ``config`` with the folder's ``config.json`` (module docstring); write it when new.
+
+    ``templates`` (benchmark label -> prompt template) is compared label by label: a benchmark new to
+    the folder is added to the file."""
     path = out_dir / CONFIG_FILE
-    if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        previous = {**_CONFIG_DEFAULTS, **previous}
-        changed = {k: (previous.get(k), v) for k, v in config.items() if previous.get(k) != v}
-        if changed:
-            raise ValueError(
-                f"{out_dir} holds a run with other settings {changed} (before, now); resuming would mix "
-                "them. Use another output folder, or delete that one."
-            )
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(config, indent=2))
+        return
+    previous = {**_CONFIG_DEFAULTS, **json.loads(path.read_text(encoding="utf-8"))}
+    changed = {
+        k: (previous.get(k), v) for k, v in config.items() if k != "templates" and previous.get(k) != v
+    }
+    old_templates = previous.get("templates", {})
+    templates = config.get("templates", {})
+    for label, template in templates.items():
+        if label in old_templates and old_templates[label] != template:
+            changed[f"templates[{label!r}]"] = (old_templates[label], template)
+    if changed:
+        raise ValueError(
+            f"{out_dir} holds a run with other settings {changed} (before, now); resuming would mix "
+            "them. Use another output folder, or delete that one."
+        )
+    if "templates" in config and any(label not in old_templates for label in templates):
+        atomic_write_text(
+            path, json.dumps({**previous, "templates": {**old_templates, **templates}}, indent=2)
+        )
 
 
 def evaluate(
@@ -164,7 +184,8 @@ def evaluate(
         out_dir (`str` or `Path`):
             The run folder (``items.jsonl``, ``config.json``, ``table.md``, the plot). A folder holding a
             run with the same settings is resumed: finished (benchmark, method, seed, item) records are
-            kept, not recomputed; other settings raise ``ValueError``.
+            kept, not recomputed; other settings raise ``ValueError``. A folder another run is writing to
+            raises :class:`~em_hf.utils.files.FolderLockedError`.
         seeds (`Sequence[int]`, *optional*, defaults to `(0,)`):
             Generation seeds; every method runs once per seed.
         model_name (`str`, *optional*, defaults to `""`):
@@ -194,6 +215,47 @@ def evaluate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with file_lock(out / LOCK_FILE, blocking=False):
+            return _evaluate_locked(
+                model,
+                tokenizer,
+                benchmarks,
+                parsed,
+                out,
+                seeds,
+                max_new_tokens,
+                batch_size,
+                model_name,
+                code_timeout_s,
+                progress,
+                plot,
+                generator,
+            )
+    except FolderLockedError as error:
+        raise FolderLockedError(
+            f"Another evaluation is writing to {out} ({error}); wait for it to finish, or use another "
+            "output folder. Running both would write every pending item twice."
+        ) from None
+
+
+def _evaluate_locked(
+    model,
+    tokenizer,
+    benchmarks: dict[str, Sequence[BenchmarkItem]],
+    parsed: list[DecodingMethod],
+    out: Path,
+    seeds: Sequence[int],
+    max_new_tokens: int,
+    batch_size: int,
+    model_name: str,
+    code_timeout_s: float,
+    progress: bool,
+    plot: bool,
+    generator: Callable | None,
+) -> EvalRun:
+    """:func:`evaluate` once the run folder's lock is held."""
     num_parameters = model.num_parameters()
     engine = (
         "hf" if generator in (None, generate_completions) else str(getattr(generator, "engine", "custom"))
@@ -205,6 +267,7 @@ def evaluate(
             "max_new_tokens": max_new_tokens,
             "num_parameters": num_parameters,
             "engine": engine,
+            "templates": {label: items[0].template for label, items in benchmarks.items()},
         },
     )
     items_path = out / ITEMS_FILE
@@ -237,7 +300,7 @@ def evaluate(
                     tokenizer,
                     pending[begin : begin + chunk],
                     method,
-                    seed=seed * 1_000_003 + begin,
+                    seed=seed,  # each item's sampling derives from (seed, benchmark, item id)
                     max_new_tokens=max_new_tokens,
                     batch_size=batch_size,
                     code_timeout_s=code_timeout_s,
@@ -269,6 +332,6 @@ def write_reports(
     table = format_table(summaries, not_applicable)
     details = format_details(summaries)
     table_path = out / "table.md"
-    table_path.write_text(f"{table}\n\n{details}\n", encoding="utf-8")
+    atomic_write_text(table_path, f"{table}\n\n{details}\n")
     plot_path = plot_accuracy_vs_flops(summaries, out / "accuracy_vs_flops.png") if plot else None
     return EvalRun(records, summaries, list(not_applicable), table_path, plot_path, seconds)

@@ -14,6 +14,7 @@ from transformers import GenerationConfig, LogitsProcessorList
 from em_hf.generation.decoding import DecodingMethod
 from em_hf.generation.prompts import Prompt, left_pad, render_prompts
 from em_hf.generation.recording import TokenEntropyRecorder, completion_mask
+from em_hf.generation.sampling import SeededRowSampler
 
 __all__ = ["Completion", "eos_token_ids", "generate_completions"]
 
@@ -70,13 +71,16 @@ def generate_completions(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> tuple[list[Completion], float]:
     """Generate one completion per prompt with ``method``; returns (completions, wall seconds).
 
     Prompts are rendered by :func:`~em_hf.generation.prompts.render_prompt` (strings as they are,
     chat messages through the chat template) and left-padded in batches of ``batch_size``;
     ``torch.manual_seed(seed)`` is set once before the first batch, so a run is reproducible for a
-    given batch size.
+    given batch size. With ``seeds`` (one per prompt), a sampled prompt draws its tokens from its own
+    generator (:class:`~em_hf.generation.sampling.SeededRowSampler`): its completion no longer depends on
+    the batch size or on the other prompts of its batch.
 
     Parameters:
         model (`PreTrainedModel`):
@@ -96,6 +100,9 @@ def generate_completions(
             ``torch.manual_seed`` before the first batch.
         progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar over the batches.
+        seeds (`Sequence[int]`, *optional*):
+            One sampling seed per prompt (e.g. :func:`~em_hf.generation.sampling.item_seed`); ignored by
+            greedy methods.
 
     Returns:
         `tuple[list[Completion], float]`: one :class:`Completion` per prompt, in order, and the wall time.
@@ -119,13 +126,17 @@ def generate_completions(
             "The tokenizer has no pad token, which batched generation needs; set one, e.g. "
             "`tokenizer.pad_token = tokenizer.eos_token`."
         )
+    per_row = seeds is not None and method.do_sample
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"`seeds` has {len(seeds)} entries for {len(prompts)} prompts: give one per prompt.")
     rows = render_prompts(tokenizer, prompts)
     eos_token_id = eos_token_ids(model, tokenizer) or None
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos_token_id,
-        **method.generation_kwargs(),
+        # per-row sampling: the warpers and the draw are processors, generate takes the argmax of the draw
+        **({"do_sample": False} if per_row else method.generation_kwargs()),
     )
     device = next(model.parameters()).device
     torch.manual_seed(seed)
@@ -136,12 +147,14 @@ def generate_completions(
         input_ids, attention_mask = left_pad(rows[begin : begin + batch_size], tokenizer.pad_token_id)
         batch = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
         recorder = TokenEntropyRecorder()
+        processors = [recorder, *method.logits_processors()]
+        if per_row:
+            assert seeds is not None
+            processors += [*method.sampling_warpers(), SeededRowSampler(seeds[begin : begin + batch_size])]
         batch_start = time.perf_counter()
         with torch.no_grad():
             output = model.generate(
-                **batch,
-                generation_config=config,
-                logits_processor=LogitsProcessorList([recorder, *method.logits_processors()]),
+                **batch, generation_config=config, logits_processor=LogitsProcessorList(processors)
             )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         mask = completion_mask(new_tokens, eos_token_id).cpu()

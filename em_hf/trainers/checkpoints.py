@@ -167,8 +167,7 @@ class CompleteCheckpointsMixin:
                 latest = last_complete_checkpoint(Path(resume_from_checkpoint).parent)
                 raise ValueError(
                     f"resume_from_checkpoint={str(resume_from_checkpoint)!r} is not a complete checkpoint: "
-                    f"{problem}."
-                    + (f" The newest complete one is {latest!r}." if latest else "")
+                    f"{problem}." + (f" The newest complete one is {latest!r}." if latest else "")
                 )
             resume_from_checkpoint = str(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)

@@ -258,9 +258,11 @@ class VLLMGenerator:
         batch_size: int = 32,
         seed: int = 0,
         progress: bool = True,
+        seeds: Sequence[int] | None = None,
     ) -> tuple[list[Completion], float]:
         """Generate one completion per prompt with ``method``; returns (completions, wall seconds), as
-        :func:`~em_hf.generation.batched.generate_completions`."""
+        :func:`~em_hf.generation.batched.generate_completions`. ``seeds`` (one per prompt) are the
+        requests' sampling seeds; without them they are drawn from ``seed`` in prompt order."""
         if len(prompts) == 0:
             raise ValueError("`prompts` is empty: nothing to generate.")
         import_vllm()
@@ -268,8 +270,13 @@ class VLLMGenerator:
 
         rows = render_prompts(tokenizer, prompts)
         stop = eos_token_ids(model, tokenizer)
+        if seeds is not None and len(seeds) != len(rows):
+            raise ValueError(
+                f"`seeds` has {len(seeds)} entries for {len(rows)} prompts: give one per prompt."
+            )
         rng = random.Random(seed)
-        seeds = [rng.getrandbits(31) if method.do_sample else None for _ in rows]
+        drawn = [int(s) for s in seeds] if seeds is not None else [rng.getrandbits(31) for _ in rows]
+        request_seeds = [s if method.do_sample else None for s in drawn]
         step = min(batch_size, MAX_SEEDED_PER_CALL) if method.do_sample else batch_size
         start = time.perf_counter()
         completions: list[Completion] = []
@@ -278,7 +285,7 @@ class VLLMGenerator:
             batch_start = time.perf_counter()
             params = [
                 sampling_params(method, max_new_tokens=max_new_tokens, stop_token_ids=stop, seed=s)
-                for s in seeds[begin : begin + step]
+                for s in request_seeds[begin : begin + step]
             ]
             outputs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=list(row)) for row in chunk], params, use_tqdm=False
