@@ -14,8 +14,8 @@ from em_hf.eval.methods import REFINE_INSTRUCTIONS, majority_vote, run_items
 from em_hf.eval.scoring import final_answer
 from em_hf.generation.batched import generate_completions
 from em_hf.generation.decoding import parse_method
-from em_hf.generation.sampling import item_seed
 from em_hf.generation.prompts import render_prompts
+from em_hf.generation.sampling import item_seed
 
 MAX_NEW = 6
 
