@@ -5,6 +5,9 @@
   process killed mid-write leaves the old file or the new one, never a torn one.
 - :func:`file_lock` holds an exclusive ``fcntl.flock`` on a lock file. The kernel releases it when the
   holder exits, however it exits (``kill -9`` included), so a crash never leaves a stale lock.
+- :func:`replace_folder` puts a folder written elsewhere (a staging folder beside the target) in
+  place of the target with two renames: the target is at all times the old folder, absent, or the
+  new one, never a half-written one.
 - :func:`sha256_file` hashes a file in chunks.
 """
 
@@ -14,11 +17,12 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["FolderLockedError", "atomic_write_text", "file_lock", "sha256_file"]
+__all__ = ["FolderLockedError", "atomic_write_text", "file_lock", "replace_folder", "sha256_file"]
 
 
 class FolderLockedError(RuntimeError):
@@ -97,6 +101,19 @@ def file_lock(
             fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
+
+
+def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the finished folder ``staging`` to ``target`` (same file system), replacing what was there;
+    the old ``target`` is renamed aside first and deleted last."""
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        target.rename(old / target.name)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
