@@ -37,9 +37,9 @@ def test_replace_folder_swaps_in_the_new_folder(tmp_path):
 
 def test_a_held_lock_refuses_a_second_holder(tmp_path):
     lock = tmp_path / "run.lock"
-    with file_lock(lock), pytest.raises(FolderLockedError, match=f"held by process {os.getpid()}"):
-        with file_lock(lock, blocking=False):
-            pass
+    held = pytest.raises(FolderLockedError, match=f"held by process {os.getpid()}")
+    with file_lock(lock), held, file_lock(lock, blocking=False):
+        pass
     with file_lock(lock, blocking=False):  # released
         assert lock.read_text() == str(os.getpid())
 
