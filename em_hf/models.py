@@ -94,8 +94,9 @@ def _write_manifest(folder: Path) -> None:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in (_MANIFEST, _CACHE_COMPLETE))
     manifest = {"files": {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in files}}
     atomic_write_text(folder / _MANIFEST, json.dumps(manifest, indent=1))
-    # Written for em_hf releases that only look for this marker (they rebuild a folder without it).
-    atomic_write_text(folder / _CACHE_COMPLETE, "see " + _MANIFEST)
+    if not (folder / _CACHE_COMPLETE).is_file():
+        # For em_hf releases that only look for this marker (they rebuild a folder without it).
+        atomic_write_text(folder / _CACHE_COMPLETE, "see " + _MANIFEST)
 
 
 def _build_default_model_cache(cache_dir: Path) -> None:
@@ -175,7 +176,15 @@ def ensure_default_model_cache(cache_dir: str | os.PathLike | None = None) -> Pa
     cache that does not (a truncated or missing weights file, an edited ``config.json``, an interrupted
     copy) is rebuilt, with a warning. Builders take a lock (``<cache>.lock`` beside the folder): with
     several processes starting at once, one builds and the others wait and then load its cache. A
-    complete cache is never deleted or modified.
+    complete cache is never deleted and its files are never rewritten (a cache built by an em_hf release
+    without manifests is checked, then given one).
+
+    Parameters:
+        cache_dir (`str` or `os.PathLike`, *optional*):
+            The cache folder; defaults to :func:`default_model_cache_dir`.
+
+    Returns:
+        `Path`: the folder, ready for ``from_pretrained``.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_model_cache_dir()
     if _cache_problem(cache) is None:
