@@ -6,10 +6,10 @@ and over-long prompts are skipped with a reason."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from em_hf.eval import runner as runner_module
 from em_hf.eval.benchmarks import BenchmarkItem
 from em_hf.eval.runner import LOCK_FILE, evaluate, read_records
 from em_hf.utils.files import FolderLockedError
+from tests.eval import concurrent_run_script
 from tests.helpers import make_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,23 +74,36 @@ def test_another_template_refuses_to_resume(sharp_llama, word_tokenizer, tmp_pat
     assert templates == {"arithmetic": "Q: {question}", "arithmetic:n=3": "{question}"}
 
 
-def test_two_concurrent_runs_on_one_folder(tmp_path):
-    start_at = f"{time.time() + 6:.3f}"
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.eval.concurrent_run_script", str(tmp_path), start_at],
-            cwd=ROOT,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
-    assert sorted(code for code, _ in results) == [0, 3], results
-    assert "Another evaluation is writing to" in next(err for code, err in results if code == 3)
-    records = read_records(tmp_path / "items.jsonl")
-    assert len(records) == 16  # 8 items x (greedy, sample): none twice
-    assert max(Counter(_key(r) for r in records).values()) == 1
+def _child(out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.eval.concurrent_run_script", str(out), *args],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_second_run_is_refused_and_a_killed_run_resumes_to_the_uninterrupted_results(tmp_path):
+    """Real processes: the first run stops inside its 5th generation call (holding the folder), a
+    second run on the folder is refused, the first is killed with SIGKILL, and the resumed run
+    equals an uninterrupted one, with no record written twice."""
+    out = tmp_path / "killed"
+    out.mkdir()
+    first = _child(out, "--pause-after", "4")
+    deadline = time.monotonic() + 300
+    while not (out / "paused").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (out / "paused").exists(), first.communicate()[1][-3000:]
+    second = _child(out)
+    assert second.wait(timeout=300) == 3
+    assert "Another evaluation is writing to" in second.stderr.read()
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert 0 < len(read_records(out / "items.jsonl")) < 24
+    resumed = concurrent_run_script.run(out).records  # the lock died with the first run
+    straight = {_key(r): r for r in concurrent_run_script.run(tmp_path / "straight").records}
+    assert sorted(_key(r) for r in resumed) == sorted(straight) and len(resumed) == 24  # none twice
+    assert all(r["completion"] == straight[_key(r)]["completion"] for r in resumed)
 
 
 def test_the_lock_dies_with_its_holder(sharp_llama, word_tokenizer, tmp_path):
