@@ -68,7 +68,7 @@ def test_another_template_refuses_to_resume(sharp_llama, word_tokenizer, tmp_pat
     evaluate(
         sharp_llama, word_tokenizer, {"arithmetic:n=3": load_benchmark("arithmetic:n=3")}, ["greedy"],
         tmp_path,
-        max_new_tokens=4, progress=False, plot=False,
+        max_new_tokens=3, progress=False, plot=False,
     )  # fmt: skip
     templates = json.loads((tmp_path / "config.json").read_text())["templates"]
     assert templates == {"arithmetic": "Q: {question}", "arithmetic:n=3": "{question}"}
