@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from em_hf.eval.runner import evaluate, split_specs
     from em_hf.generation.decoding import parse_method
     from em_hf.models import load_model
+    from em_hf.utils.files import FolderLockedError
 
     start = time.perf_counter()
     try:
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             plot=not args.no_plot,
             generator=generator,
         )
-    except (ValueError, ImportError) as error:
+    except (ValueError, ImportError, FolderLockedError) as error:
         print(f"em-hf eval: error: {error}", file=sys.stderr)
         return 2
     assert run.table_path is not None

@@ -33,6 +33,7 @@ from transformers.utils import is_peft_available
 
 from em_hf.generation.prompts import Prompt, left_pad, render_prompt, render_prompts
 from em_hf.generation.recording import completion_mask as completion_mask_from_ids
+from em_hf.trainers.checkpoints import CompleteCheckpointsMixin
 from em_hf.trainers.em_config import EntropyMinConfig
 from em_hf.trainers.em_loss import (
     check_completion_batch,
@@ -41,6 +42,7 @@ from em_hf.trainers.em_loss import (
     fused_head_unsupported_reason,
     reference_token_logps,
 )
+from em_hf.utils.validation import check_generation_kwargs, check_pad_token_id, check_prompt_dataset
 
 __all__ = ["EntropyMinTrainer"]
 
@@ -94,13 +96,7 @@ def _as_prompt_dataset(dataset: Any, name: str):
         raise TypeError(
             f"`{name}` must be a datasets.Dataset or a list of prompts, got {type(dataset).__name__}."
         )
-    if "prompt" not in dataset.column_names:
-        raise ValueError(
-            f"`{name}` has no 'prompt' column (columns: {dataset.column_names}); rename the column holding "
-            "the prompts, e.g. `dataset.rename_column('question', 'prompt')`."
-        )
-    if len(dataset) == 0:
-        raise ValueError(f"`{name}` is empty: give at least one prompt.")
+    check_prompt_dataset(dataset, name)
     return dataset
 
 
@@ -115,7 +111,7 @@ def _repeat_group_size(rows: Sequence[Sequence[int]], num_generations: int) -> i
     return 1
 
 
-class EntropyMinTrainer(Trainer):
+class EntropyMinTrainer(CompleteCheckpointsMixin, Trainer):
     """Unsupervised fine-tuning by token-entropy minimization on the model's own samples.
 
     EM-FT (Unreasonable Effectiveness of EM, sec. 3.1) and one-shot EM (One-shot EM, sec. 2) differ only in
@@ -206,6 +202,7 @@ class EntropyMinTrainer(Trainer):
                 "`processing_class=AutoTokenizer.from_pretrained(...)`."
             )
         self._check_tokenizer(processing_class)
+        check_pad_token_id(processing_class, model)
         if peft_config is not None:
             model = self._wrap_peft(model, peft_config, args)
         train_dataset = _as_prompt_dataset(train_dataset, "train_dataset")
@@ -298,6 +295,7 @@ class EntropyMinTrainer(Trainer):
             "eos_token_id": tokenizer.eos_token_id,
         }
         if not args.use_vllm:  # with vLLM they are SamplingParams fields (trl's convention)
+            check_generation_kwargs("generation_kwargs", args.generation_kwargs)  # mutated after __init__?
             values.update(args.generation_kwargs or {})
         return GenerationConfig(**values)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from trl import RLOOConfig
 
-from em_hf.utils.validation import check_choice, check_number
+from em_hf.utils.validation import check_choice, check_generation_kwargs, check_number
 
 __all__ = ["EM_REWARDS", "LABEL_FREE_REWARDS", "EMRLOOConfig"]
 
@@ -146,6 +146,8 @@ class EMRLOOConfig(RLOOConfig):
                 f"other completions of the same prompt), got {self.num_generations!r}; the paper uses 4 "
                 "(EMRLOOConfig.paper())."
             )
+        if not self.use_vllm:  # with vLLM they are SamplingParams fields, which vLLM checks
+            check_generation_kwargs("generation_kwargs", self.generation_kwargs)
         super().__post_init__()
 
     def _check_label_free_rewards(self) -> None:

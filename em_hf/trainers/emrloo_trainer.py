@@ -62,8 +62,10 @@ from em_hf.rewards import (
     sequence_logprob_reward,
     token_entropy_reward,
 )
+from em_hf.trainers.checkpoints import CompleteCheckpointsMixin
 from em_hf.trainers.emrloo_config import EM_REWARDS, EMRLOOConfig
 from em_hf.utils.answers import extract_answer
+from em_hf.utils.validation import check_generation_kwargs, check_pad_token_id, check_prompt_dataset
 
 __all__ = ["SUPPORTED_TRL", "EMRLOOTrainer", "check_trl_version"]
 
@@ -154,7 +156,7 @@ def _vllm_generation_patch(args: EMRLOOConfig):
         rloo_trainer.VLLMGeneration = original
 
 
-class EMRLOOTrainer(RLOOTrainer):
+class EMRLOOTrainer(CompleteCheckpointsMixin, RLOOTrainer):
     r"""``trl.RLOOTrainer`` whose reward is the EM-RL negative entropy (Unreasonable Effectiveness of EM,
     sec. 3.2).
 
@@ -240,6 +242,15 @@ class EMRLOOTrainer(RLOOTrainer):
         if args.em_reward is not None and args.em_reward not in EM_REWARDS:  # mutated after __post_init__
             raise ValueError(f"`args.em_reward` must be one of {EM_REWARDS} or None, got {args.em_reward!r}.")
 
+        check_prompt_dataset(train_dataset, "train_dataset")
+        if isinstance(eval_dataset, dict):
+            for key, value in eval_dataset.items():
+                check_prompt_dataset(value, f"eval_dataset[{key!r}]")
+        else:
+            check_prompt_dataset(eval_dataset, "eval_dataset")
+        if not args.use_vllm:  # with vLLM they are SamplingParams fields
+            check_generation_kwargs("generation_kwargs", args.generation_kwargs)
+
         if reward_funcs is None:
             user_funcs = []
         elif isinstance(reward_funcs, list):
@@ -314,6 +325,7 @@ class EMRLOOTrainer(RLOOTrainer):
                 )
         finally:
             args.reward_weights = user_weights
+        check_pad_token_id(self.processing_class, self.accelerator.unwrap_model(self.model))
         weights = list(user_weights) if user_weights is not None else [1.0] * len(user_funcs)
         if self._em_kind is not None:
             weights.append(float(args.em_reward_weight))

@@ -20,10 +20,13 @@ __all__ = [
     "check_em_inf_arguments",
     "check_finite_scores",
     "check_float_tensor",
+    "check_generation_kwargs",
     "check_int",
     "check_labels",
     "check_number",
+    "check_pad_token_id",
     "check_positive_int",
+    "check_prompt_dataset",
     "check_scores",
     "check_temperature",
     "is_real_number",
@@ -250,3 +253,57 @@ def check_labels(
     if bool(bad.any()):
         value = labels[bad].flatten()[0].item()
         raise ValueError(f"`labels` must be in [0, {vocab}) or {ignore_index} (ignored), found {value}.")
+
+
+def check_generation_kwargs(name: str, kwargs: Any) -> None:
+    """``kwargs`` must be a dict whose keys are ``transformers.GenerationConfig`` fields (``GenerationConfig``
+    itself keeps unknown keys as attributes that nothing reads, so a typo would pass silently)."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"`{name}` must be a dict of GenerationConfig fields, got {type(kwargs).__name__}.")
+    import difflib
+
+    from transformers import GenerationConfig
+
+    known = set(GenerationConfig().to_dict()) - {"transformers_version", "_from_model_config"}
+    unknown = sorted(str(key) for key in kwargs if key not in known)
+    if unknown:
+        hints = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+        suggestions = ", ".join(f"{key!r} -> {match[0]!r}" for key, match in hints.items() if match)
+        raise ValueError(
+            f"`{name}` has keys that are not transformers.GenerationConfig fields: {unknown}"
+            + (f" (did you mean {suggestions}?)" if suggestions else "")
+            + "; see the GenerationConfig documentation for the fields."
+        )
+
+
+def check_pad_token_id(tokenizer: Any, model: Any) -> None:
+    """The tokenizer's pad token id must index a row of the model's input embeddings (an id outside it
+    fails deep inside the embedding lookup with ``IndexError: index out of range in self``)."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if pad is None or rows is None:
+        return
+    if not 0 <= int(pad) < rows:
+        raise ValueError(
+            f"The tokenizer's pad token id {pad} is outside the model's vocabulary ({rows} embedding rows). "
+            "Use a token the model has (e.g. `tokenizer.pad_token = tokenizer.eos_token`), or resize the "
+            "embeddings after adding one: `model.resize_token_embeddings(len(tokenizer))`."
+        )
+
+
+def check_prompt_dataset(dataset: Any, name: str) -> None:
+    """A prompt dataset (``datasets.Dataset`` or ``IterableDataset``) must have a ``prompt`` column and, when
+    its length is known, at least one row."""
+    if dataset is None:
+        return
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and "prompt" not in columns:
+        raise ValueError(
+            f"`{name}` has no 'prompt' column (columns: {columns}); rename the column holding the prompts, "
+            "e.g. `dataset.rename_column('question', 'prompt')`."
+        )
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty: give at least one prompt.")
