@@ -20,7 +20,8 @@ class AdaptiveTemperatureLogitsWarper(LogitsProcessor):
     "The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning" (arXiv 2505.15134),
     Appendix B, Algorithm 1: a row whose entropy H0 is above ``threshold`` is divided by the tau in
     [``tau_min``, ``tau_max``] (found by bisection) that brings its entropy within ``tol`` of
-    max(threshold, alpha * H0). Pass it in ``logits_processor=[...]`` of ``generate``; like every
+    max(threshold, alpha * H0) (returned as m + (z - m) / tau, m the row's maximum: the same
+    distribution, finite in float16 too). Pass it in ``logits_processor=[...]`` of ``generate``; like every
     user processor it runs before ``generate``'s own temperature/top-k/top-p warpers. Each call is
     :func:`em_hf.ops.adaptive_temperature` on the step's scores; the input is not modified.
 

@@ -269,9 +269,11 @@ def adaptive_temperature(
             Also return the per-row temperatures.
 
     Returns:
-        `torch.Tensor`: the scores divided row by row by tau, of the input's shape, dtype and device
-        (rows at or below the threshold are returned bit for bit, possibly the input tensor itself when no
-        row is above it); with ``return_tau``, the pair
+        `torch.Tensor`: per row m + (z - m) / tau (m the row's maximum: the distribution of z / tau,
+        the top logit kept in place, finite in the input's dtype; entries pushed below its lowest
+        finite value are clamped to it), of the input's shape, dtype and device (rows at or below
+        the threshold are returned bit for bit, possibly the input tensor itself when no row is
+        above it); with ``return_tau``, the pair
         ``(scores, tau)`` where tau is float64 of shape `(rows,)` and 1.0 for untouched rows.
 
     Examples:

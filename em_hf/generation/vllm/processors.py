@@ -323,8 +323,8 @@ class AdaptiveTemperatureVLLMProcessor(_RowSettingsProcessor):
     >>> on = vllm.SamplingParams(extra_args={"adaptive_temperature": '{"alpha": 0.5, "tol": 0.01}'})
     >>> added = [(0, on, [1], [])]
     >>> processor.update_state(vllm.v1.sample.logits_processor.BatchUpdate(1, [], added, []))
-    >>> processor.apply(torch.tensor([[1.0, 0.5, 0.0, -0.5]])).round(decimals=2)
-    tensor([[ 3.2100,  1.6000,  0.0000, -1.6000]])
+    >>> processor.apply(torch.tensor([[1.0, 0.5, 0.0, -0.5]])).round(decimals=2)  # m + (z - m) / 0.312
+    tensor([[ 1.0000, -0.6000, -2.2100, -3.8100]])
     >>> Processor.validate_params(vllm.SamplingParams(extra_args={"adaptive_temperature": {"alpha": 2}}))
     Traceback (most recent call last):
     ...
