@@ -31,7 +31,7 @@ from em_hf.eval.report import format_details, format_table, plot_accuracy_vs_flo
 from em_hf.generation.batched import generate_completions
 from em_hf.generation.decoding import DecodingMethod, parse_method
 
-__all__ = ["EvalRun", "evaluate", "read_records", "split_specs"]
+__all__ = ["EvalRun", "check_resumable", "evaluate", "read_records", "split_specs"]
 
 ITEMS_FILE = "items.jsonl"
 CONFIG_FILE = "config.json"
@@ -116,17 +116,32 @@ class EvalRun:
     seconds: float = 0.0
 
 
-def _check_config(out_dir: Path, config: dict) -> None:
-    path = out_dir / CONFIG_FILE
+def check_resumable(out_dir: str | Path, settings: dict) -> None:
+    """Raise ``ValueError`` when ``out_dir`` holds a run whose ``config.json`` differs from ``settings``
+    (any subset of its keys: ``model``, ``max_new_tokens``, ``engine``, ...), so that a command line can
+    refuse a mismatched resume before it loads the model. Nothing to check: returns.
+
+    Examples:
+        >>> import tempfile
+        >>> from em_hf.eval.runner import check_resumable
+        >>> check_resumable(tempfile.mkdtemp(), {"model": "default"})  # no run there yet
+    """
+    path = Path(out_dir) / CONFIG_FILE
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
         previous = {**_CONFIG_DEFAULTS, **previous}
-        changed = {k: (previous.get(k), v) for k, v in config.items() if previous.get(k) != v}
+        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
         if changed:
             raise ValueError(
                 f"{out_dir} holds a run with other settings {changed} (before, now); resuming would mix "
-                "them. Use another output folder, or delete that one."
+                "them. Use another output folder (--out), or delete that one."
             )
+
+
+def _check_config(out_dir: Path, config: dict) -> None:
+    path = out_dir / CONFIG_FILE
+    if path.is_file():
+        check_resumable(out_dir, config)
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")

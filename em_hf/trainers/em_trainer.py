@@ -32,6 +32,7 @@ from transformers import GenerationConfig, PreTrainedModel, Trainer
 from transformers.utils import is_peft_available
 
 from em_hf.generation.prompts import Prompt, left_pad, render_prompt, render_prompts
+from em_hf.models import prepare_tokenizer
 from em_hf.generation.recording import completion_mask as completion_mask_from_ids
 from em_hf.trainers.em_config import EntropyMinConfig
 from em_hf.trainers.em_loss import (
@@ -206,6 +207,8 @@ class EntropyMinTrainer(Trainer):
                 "`processing_class=AutoTokenizer.from_pretrained(...)`."
             )
         self._check_tokenizer(processing_class)
+        # Left padding recorded in the tokenizer, so that `save_model` writes one that reloads with it.
+        prepare_tokenizer(processing_class)
         if peft_config is not None:
             model = self._wrap_peft(model, peft_config, args)
         train_dataset = _as_prompt_dataset(train_dataset, "train_dataset")

@@ -53,6 +53,7 @@ from packaging.version import Version
 from trl import RLOOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from em_hf.models import prepare_tokenizer
 from em_hf.rewards import sequence_logprob_reward, token_entropy_reward
 from em_hf.trainers.emrloo_config import EM_REWARDS, EMRLOOConfig
 
@@ -277,6 +278,9 @@ class EMRLOOTrainer(RLOOTrainer):
                 )
         finally:
             args.reward_weights = user_weights
+        # trl pads on the left at run time; record it in the tokenizer so that `save_model` writes a
+        # tokenizer that reloads with left padding (batched generate needs it).
+        prepare_tokenizer(self.processing_class)
         weights = list(user_weights) if user_weights is not None else [1.0] * len(user_funcs)
         if self._em_kind is not None:
             weights.append(float(args.em_reward_weight))
