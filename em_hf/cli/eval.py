@@ -151,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
         benchmark_specs = split_specs(args.benchmarks)
         if args.max_new_tokens is None:
             args.max_new_tokens = default_max_new_tokens(benchmark_specs)
-            print(f"--max-new-tokens {args.max_new_tokens} (the default for these benchmarks)", file=sys.stderr)
+            print(
+                f"--max-new-tokens {args.max_new_tokens} (the default for these benchmarks)", file=sys.stderr
+            )
         if args.out is None:
             args.out = default_out_dir()
             print(f"--out {args.out} (the default: a new folder)", file=sys.stderr)

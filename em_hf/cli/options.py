@@ -84,7 +84,10 @@ def add_generation_options(
     )
     if threads:
         parser.add_argument(
-            "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's, one per physical core)"
+            "--threads",
+            type=positive_int,
+            default=None,
+            help="torch CPU threads (default: torch's, one per physical core)",
         )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -32,8 +32,8 @@ from transformers import GenerationConfig, PreTrainedModel, Trainer
 from transformers.utils import is_peft_available
 
 from em_hf.generation.prompts import Prompt, left_pad, render_prompt, render_prompts
-from em_hf.models import prepare_tokenizer
 from em_hf.generation.recording import completion_mask as completion_mask_from_ids
+from em_hf.models import prepare_tokenizer
 from em_hf.trainers.em_config import EntropyMinConfig
 from em_hf.trainers.em_loss import (
     check_completion_batch,
@@ -42,6 +42,7 @@ from em_hf.trainers.em_loss import (
     fused_head_unsupported_reason,
     reference_token_logps,
 )
+from em_hf.utils.quiet import training_warnings_filtered
 
 __all__ = ["EntropyMinTrainer"]
 
@@ -247,6 +248,14 @@ class EntropyMinTrainer(Trainer):
         self._last_loaded_step = -1  # the global step whose weights the vLLM engine holds
 
     # ----------------------------------------------------------------------------------------- set-up
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``transformers.Trainer.train``, with the known third-party warnings of a training run on a CPU
+        (torch's unpinned-memory note) filtered by message and module
+        (:func:`em_hf.utils.quiet.training_warnings_filtered`); every other warning shows."""
+        with training_warnings_filtered():
+            return super().train(*args, **kwargs)
+
     @staticmethod
     def _load_model(name: str, args: EntropyMinConfig):
         from em_hf.models import load_model

@@ -62,8 +62,8 @@ class EMRLOOConfig(RLOOConfig):
     training then runs on the CPU without ``use_cpu``). A ``bf16`` or ``fp16`` you set is kept as it is.
 
     **The sizes are trl's** unless you set them: 3 epochs over the dataset (``num_train_epochs``), 8
-    completions per device and micro-step, completions of up to 512 tokens, gradient checkpointing on. On a CPU
-    set ``max_steps``, ``max_completion_length`` and ``per_device_train_batch_size`` (README: a
+    completions per device and micro-step, completions of up to 512 tokens, gradient checkpointing on. On
+    a CPU set ``max_steps``, ``max_completion_length`` and ``per_device_train_batch_size`` (README: a
     CPU-sized run and its time).
 
     Examples:

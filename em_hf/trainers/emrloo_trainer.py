@@ -56,6 +56,7 @@ from trl.trainer.utils import get_config_model_id
 from em_hf.models import prepare_tokenizer
 from em_hf.rewards import sequence_logprob_reward, token_entropy_reward
 from em_hf.trainers.emrloo_config import EM_REWARDS, EMRLOOConfig
+from em_hf.utils.quiet import training_warnings_filtered
 
 __all__ = ["SUPPORTED_TRL", "EMRLOOTrainer", "check_trl_version"]
 
@@ -287,6 +288,13 @@ class EMRLOOTrainer(RLOOTrainer):
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
 
     # ---- The hook: capture the sampling policy's scores of the completions (trl's own forward). ----
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``trl.RLOOTrainer.train``, with the known third-party warnings of a training run on a CPU
+        (torch's unpinned-memory note) filtered by message and module
+        (:func:`em_hf.utils.quiet.training_warnings_filtered`); every other warning shows."""
+        with training_warnings_filtered():
+            return super().train(*args, **kwargs)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """trl's generate-and-score step, with the hook armed for its first policy scoring call."""
