@@ -128,7 +128,7 @@ def test_vllm_snippets_keep_their_work_under_main():
     for snippet in SNIPPETS:
         if VLLM.search(snippet.code):
             assert 'if __name__ == "__main__":' in snippet.code, (
-                f"{snippet.name}: a vLLM snippet must run under `if __name__ == \"__main__\":` (vLLM spawns "
+                f'{snippet.name}: a vLLM snippet must run under `if __name__ == "__main__":` (vLLM spawns '
                 "worker processes that re-import the script)"
             )
 
@@ -139,7 +139,11 @@ def test_snippet_runs_as_written(snippet: Snippet, tmp_path: Path):
         pytest.skip("vLLM is not installed: make installs it (VLLM_SPEC); this snippet needs it")
     script = tmp_path / "snippet.py"
     script.write_text(apply_overrides(snippet.code), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": "", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": "",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    }
     result = subprocess.run(
         [sys.executable, script.name],
         cwd=tmp_path,

@@ -81,7 +81,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "Hub; each benchmark's file name and format: the error when one is missing)",
     )
     parser.add_argument(
-        "--template", default=None, help="prompt template with {question} for every benchmark"
+        "--template",
+        default=None,
+        help="prompt template with {question} for every benchmark (default: each benchmark's own)",
     )
     parser.add_argument(
         "--code-timeout",
