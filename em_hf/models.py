@@ -233,8 +233,8 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
         >>> import tempfile
         >>> from transformers import AutoTokenizer
         >>> from em_hf.models import prepare_tokenizer
-        >>> from em_hf.utils.testing import make_tiny_tokenizer
-        >>> tokenizer = make_tiny_tokenizer()
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> tokenizer = tiny_llama_and_tokenizer()[1]
         >>> tokenizer.padding_side = "right"
         >>> folder = tempfile.mkdtemp()
         >>> prepare_tokenizer(tokenizer).save_pretrained(folder)  # doctest: +ELLIPSIS

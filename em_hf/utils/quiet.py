@@ -61,11 +61,12 @@ def quiet_bitsandbytes_logs() -> None:
         >>> import logging
         >>> from em_hf.utils.quiet import quiet_bitsandbytes_logs
         >>> quiet_bitsandbytes_logs()
-        >>> logger = logging.getLogger("bitsandbytes.autograd._functions")
-        >>> message = "MatMul8bitLt: inputs will be cast from %s"
-        >>> record = logger.makeRecord(logger.name, logging.WARNING, "", 0, message, ("x",), None)
-        >>> [f.filter(record) for f in logger.filters for _ in range(2)]  # the first passes, then none
-        [True, False]
+        >>> logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+        >>> message = "Failed to load CPU gemm_4bit_forward from kernels-community: %s."
+        >>> bool(logger.filter(logger.makeRecord(logger.name, logging.WARNING, "", 0, message, ("x",), None)))
+        False
+        >>> bool(logger.filter(logger.makeRecord(logger.name, logging.WARNING, "", 0, "other", (), None)))
+        True
     """
     global _installed
     with _lock:
