@@ -133,6 +133,7 @@ def test_vllm_snippets_keep_their_work_under_main():
             )
 
 
+@pytest.mark.slow  # most blocks load the real default model
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.name for s in SNIPPETS])
 def test_snippet_runs_as_written(snippet: Snippet, tmp_path: Path):
     if VLLM.search(snippet.code) and importlib.util.find_spec("vllm") is None:
