@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from em_hf.eval.benchmarks import BenchmarkItem
 from em_hf.eval.methods import run_items
 from em_hf.eval.report import format_details, format_table, plot_accuracy_vs_flops, summarize
-from em_hf.generation.batched import generate_completions
 from em_hf.generation.decoding import DecodingMethod, parse_method
 
 __all__ = ["EvalRun", "check_resumable", "evaluate", "read_records", "split_specs"]
@@ -210,9 +209,7 @@ def evaluate(
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
     out = Path(out_dir)
     num_parameters = model.num_parameters()
-    engine = (
-        "hf" if generator in (None, generate_completions) else str(getattr(generator, "engine", "custom"))
-    )
+    engine = "hf" if generator is None else str(getattr(generator, "engine", "custom"))
     _check_config(
         out,
         {

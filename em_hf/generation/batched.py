@@ -15,7 +15,15 @@ from em_hf.generation.decoding import DecodingMethod
 from em_hf.generation.prompts import Prompt, left_pad, render_prompts
 from em_hf.generation.recording import TokenEntropyRecorder, completion_mask
 
-__all__ = ["Completion", "eos_token_ids", "generate_completions"]
+__all__ = [
+    "Completion",
+    "CompletionGenerator",
+    "GeneratedChunk",
+    "GenerationCall",
+    "TransformersGenerator",
+    "eos_token_ids",
+    "generate_completions",
+]
 
 
 @dataclass(frozen=True)
@@ -61,24 +69,64 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
 
 
-def generate_completions(
-    model,
-    tokenizer,
-    prompts: Sequence[Prompt],
-    method: DecodingMethod,
-    max_new_tokens: int = 64,
-    batch_size: int = 32,
-    seed: int = 0,
-    progress: bool = True,
-) -> tuple[list[Completion], float]:
-    """Generate one completion per prompt with ``method``; returns (completions, wall seconds).
-
-    Prompts are rendered by :func:`~em_hf.generation.prompts.render_prompt` (strings as they are,
-    chat messages through the chat template) and left-padded in batches of ``batch_size``;
-    ``torch.manual_seed(seed)`` is set once before the first batch, so a run is reproducible for a
-    given batch size.
+@dataclass(frozen=True)
+class GeneratedChunk:
+    """What a backend returns for one chunk of rendered prompts, one entry per prompt, in order.
 
     Parameters:
+        texts (`list[str]`):
+            The decoded new tokens (special tokens skipped).
+        num_tokens (`list[int]`):
+            Generated tokens through the first EOS.
+        mean_entropies (`list[float]`):
+            Mean token entropy of the model along those tokens, in nats.
+
+    Examples:
+        >>> from em_hf.generation.batched import GeneratedChunk
+        >>> GeneratedChunk(texts=["4"], num_tokens=[2], mean_entropies=[0.1]).texts
+        ['4']
+    """
+
+    texts: list[str]
+    num_tokens: list[int]
+    mean_entropies: list[float]
+
+
+@dataclass(frozen=True)
+class GenerationCall:
+    """The per-call settings a backend's :meth:`CompletionGenerator.prepare` gets.
+
+    Parameters:
+        num_prompts (`int`):
+            Prompts in the call.
+        max_new_tokens (`int`):
+            Maximum new tokens per completion.
+        seed (`int`):
+            The call's seed.
+
+    Examples:
+        >>> from em_hf.generation.batched import GenerationCall
+        >>> GenerationCall(num_prompts=2, max_new_tokens=8, seed=0).max_new_tokens
+        8
+    """
+
+    num_prompts: int
+    max_new_tokens: int
+    seed: int
+
+
+class CompletionGenerator:
+    """The interface every generator of completions has, and what all of them share: the checks, the
+    prompt rendering, the chunk loop with its progress bar and the time accounting. A backend subclasses
+    it and implements :meth:`prepare` (once per call: seeds, configs; it returns the call's plan, so one
+    generator instance can serve several calls) and :meth:`generate_chunk`.
+
+    Called as ``generator(model, tokenizer, prompts, method, max_new_tokens=64, batch_size=32, seed=0,
+    progress=True)``, it returns ``(completions, wall seconds)``: one :class:`Completion` per prompt, in
+    order. Prompts are rendered by :func:`~em_hf.generation.prompts.render_prompt` (strings as they are,
+    chat messages through the chat template).
+
+    Call parameters:
         model (`PreTrainedModel`):
             A causal LM.
         tokenizer (`PreTrainedTokenizerBase`):
@@ -91,14 +139,81 @@ def generate_completions(
         max_new_tokens (`int`, *optional*, defaults to `64`):
             Maximum new tokens per completion.
         batch_size (`int`, *optional*, defaults to `32`):
-            Prompts per ``generate`` call.
+            Prompts per backend call (a backend may lower it: :meth:`chunk_size`).
         seed (`int`, *optional*, defaults to `0`):
-            ``torch.manual_seed`` before the first batch.
+            Seed of the sampling (how it is applied is the backend's: see :meth:`prepare`).
         progress (`bool`, *optional*, defaults to `True`):
-            Show a progress bar over the batches.
+            Show a progress bar over the chunks.
 
-    Returns:
-        `tuple[list[Completion], float]`: one :class:`Completion` per prompt, in order, and the wall time.
+    Parameters:
+        (none: a backend's constructor takes its own.)
+
+    Examples:
+        >>> from em_hf.generation.batched import CompletionGenerator, generate_completions
+        >>> isinstance(generate_completions, CompletionGenerator)
+        True
+    """
+
+    engine = "custom"
+
+    def __call__(
+        self,
+        model,
+        tokenizer,
+        prompts: Sequence[Prompt],
+        method: DecodingMethod,
+        max_new_tokens: int = 64,
+        batch_size: int = 32,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> tuple[list[Completion], float]:
+        if len(prompts) == 0:
+            raise ValueError("`prompts` is empty: nothing to generate.")
+        rows = render_prompts(tokenizer, prompts)
+        call = GenerationCall(num_prompts=len(rows), max_new_tokens=max_new_tokens, seed=seed)
+        plan = self.prepare(model, tokenizer, method, call)
+        step = self.chunk_size(method, batch_size)
+        start = time.perf_counter()
+        completions: list[Completion] = []
+        for begin in tqdm(range(0, len(rows), step), desc=method.name, disable=not progress, leave=False):
+            chunk = rows[begin : begin + step]
+            chunk_start = time.perf_counter()
+            out = self.generate_chunk(model, tokenizer, chunk, begin, plan)
+            share = (time.perf_counter() - chunk_start) / len(chunk)
+            completions.extend(
+                Completion(
+                    text=t, num_tokens=int(n), mean_entropy=float(h), prompt_tokens=len(r), seconds=share
+                )
+                for t, n, h, r in zip(out.texts, out.num_tokens, out.mean_entropies, chunk, strict=True)
+            )
+        return completions, time.perf_counter() - start
+
+    def chunk_size(self, method: DecodingMethod, batch_size: int) -> int:
+        """Prompts per :meth:`generate_chunk` call (``batch_size`` unless the backend needs fewer)."""
+        return batch_size
+
+    def prepare(self, model, tokenizer, method: DecodingMethod, call: GenerationCall) -> Any:
+        """Per-call set-up before the first chunk (sampling configuration, seeds): the call's plan,
+        handed to every :meth:`generate_chunk` of the call."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `prepare`.")
+
+    def generate_chunk(
+        self, model, tokenizer, chunk: list[list[int]], begin: int, plan: Any
+    ) -> GeneratedChunk:
+        """Generate for ``chunk`` (rendered prompt ids; ``begin`` is the index of its first row in the
+        call, ``plan`` what :meth:`prepare` returned)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `generate_chunk`.")
+
+
+class TransformersGenerator(CompletionGenerator):
+    """Generation with ``model.generate``: prompts left-padded in batches of ``batch_size``, the
+    method's logits processors after a :class:`~em_hf.generation.recording.TokenEntropyRecorder` (which
+    records the model's own entropy before any processor), ``torch.manual_seed(seed)`` set once before
+    the first batch, so a run is reproducible for a given batch size. The module's
+    :data:`generate_completions` is an instance; call parameters are :class:`CompletionGenerator`'s.
+
+    Parameters:
+        (none.)
 
     Examples:
         >>> from em_hf.generation.batched import generate_completions
@@ -112,47 +227,60 @@ def generate_completions(
         >>> [(c.text, c.num_tokens, round(c.mean_entropy, 2), c.prompt_tokens) for c in completions]
         [('assistant = assistant', 3, 2.89, 5), ('= assistant =', 3, 2.89, 6)]
     """
-    if len(prompts) == 0:
-        raise ValueError("`prompts` is empty: nothing to generate.")
-    if tokenizer.pad_token_id is None:
-        raise ValueError(
-            "The tokenizer has no pad token, which batched generation needs; set one, e.g. "
-            "`tokenizer.pad_token = tokenizer.eos_token`."
+
+    engine = "hf"
+
+    def __repr__(self) -> str:
+        return "TransformersGenerator()"
+
+    def prepare(
+        self, model, tokenizer, method: DecodingMethod, call: GenerationCall
+    ) -> tuple[GenerationConfig, DecodingMethod]:
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                "The tokenizer has no pad token, which batched generation needs; set one, e.g. "
+                "`tokenizer.pad_token = tokenizer.eos_token`."
+            )
+        config = GenerationConfig(
+            max_new_tokens=call.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos_token_ids(model, tokenizer) or None,
+            **method.generation_kwargs(),
         )
-    rows = render_prompts(tokenizer, prompts)
-    eos_token_id = eos_token_ids(model, tokenizer) or None
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos_token_id,
-        **method.generation_kwargs(),
-    )
-    device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    completions: list[Completion] = []
-    start = time.perf_counter()
-    batches = range(0, len(rows), batch_size)
-    for begin in tqdm(batches, desc=method.name, disable=not progress, leave=False):
-        input_ids, attention_mask = left_pad(rows[begin : begin + batch_size], tokenizer.pad_token_id)
-        batch = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        torch.manual_seed(call.seed)
+        return config, method
+
+    def generate_chunk(
+        self,
+        model,
+        tokenizer,
+        chunk: list[list[int]],
+        begin: int,
+        plan: tuple[GenerationConfig, DecodingMethod],
+    ) -> GeneratedChunk:
+        config, method = plan
+        device = next(model.parameters()).device
+        input_ids, attention_mask = left_pad(chunk, tokenizer.pad_token_id)
         recorder = TokenEntropyRecorder()
-        batch_start = time.perf_counter()
         with torch.no_grad():
             output = model.generate(
-                **batch,
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
                 generation_config=config,
                 logits_processor=LogitsProcessorList([recorder, *method.logits_processors()]),
             )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        mask = completion_mask(new_tokens, eos_token_id).cpu()
-        entropies = recorder.entropies
+        new_tokens = output[:, input_ids.shape[1] :]
+        mask = completion_mask(new_tokens, config.eos_token_id).cpu()
         lengths = mask.sum(dim=1)
-        mean_entropy = (entropies * mask).sum(dim=1) / lengths.clamp_min(1)
-        decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
-        share = (time.perf_counter() - batch_start) / len(decoded)
-        completions.extend(
-            Completion(text=t, num_tokens=int(n), mean_entropy=float(h), prompt_tokens=int(p), seconds=share)
-            for t, n, h, p in zip(decoded, lengths, mean_entropy, prompt_tokens, strict=True)
+        mean_entropy = (recorder.entropies * mask).sum(dim=1) / lengths.clamp_min(1)
+        return GeneratedChunk(
+            texts=tokenizer.batch_decode(new_tokens, skip_special_tokens=True),
+            num_tokens=lengths.tolist(),
+            mean_entropies=mean_entropy.tolist(),
         )
-    return completions, time.perf_counter() - start
+
+
+generate_completions = TransformersGenerator()
+"""Generate one completion per prompt with ``model.generate``: a :class:`TransformersGenerator`;
+``generate_completions(model, tokenizer, prompts, method, max_new_tokens=64, batch_size=32, seed=0,
+progress=True)`` returns ``(completions, wall seconds)``."""

@@ -2,16 +2,18 @@
 
 The C++ sources are compiled with ``torch.utils.cpp_extension.load`` the first time a kernel is
 needed (about a minute on 2 cores; one log line says so) into a cache of the user's, not of the
-checkout: ``$EM_HF_CACHE/kernels`` (default ``~/.cache/em_hf/kernels``), one folder per instruction set,
-source hash and torch version (:func:`build_directory`). The sources are copied there before the build,
-so every checkout, virtual environment and command with the same sources and torch (``make test``,
-``em-hf build-ops``, a later script) loads the same library in well under a second instead of
+checkout: ``$EM_HF_CACHE/kernels`` (default ``~/.cache/em_hf/kernels``), one folder per instruction
+set, source hash, torch version and compiler flags (:func:`build_directory`). The sources are copied
+there before the build, so every checkout, virtual environment and command with the same sources
+and torch (``make test``, ``em-hf build-ops``, a later script) loads the same library in well under a second instead of
 compiling again. Build ahead of time with ``em-hf build-ops``.
 
 The CPU sources are compiled with ``-march=native``, so the cached library runs only on CPUs with
 the instruction set of the machine that built it. Its name therefore carries a short key of that
 instruction set (:func:`isa_key`): machines that share a home directory but differ in their CPU
-each build and load their own copy instead of crashing on an illegal instruction.
+each build and load their own copy instead of crashing on an illegal instruction. It also carries
+a key of the sources (:func:`source_key`): every checkout or install with the same kernel sources
+shares one build, and a different version of the sources never loads another's library.
 
 The environment variable ``EM_HF_ENTROPY_BACKEND`` chooses the implementation:
 ``auto`` (default: the compiled kernels when they build, else the chunked PyTorch path with one
@@ -86,10 +88,21 @@ def isa_key(cpuinfo: str | None = None, machine: str | None = None) -> str:
     return hashlib.sha256(f"{machine}\n{features}".encode()).hexdigest()[:10]
 
 
+def source_key(folder: Path | None = None) -> str:
+    """A short hash of the kernel sources (every file of ``csrc/``, or of ``folder``, by name and
+    content): checkouts or installs with the same sources share one compiled library, different
+    sources never load each other's (their op schemas may differ)."""
+    digest = hashlib.sha256()
+    for path in sorted((_CSRC if folder is None else folder).iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:10]
+
+
 def extension_name(with_cuda: bool = False) -> str:
-    """The name under which torch builds and caches the kernels on this host (one per instruction
-    set, and separate entries with and without the CUDA kernels)."""
-    return f"em_hf_entropy_{'cuda' if with_cuda else 'cpu'}_{isa_key()}"
+    """The name under which torch builds and caches the kernels on this host: one per instruction set
+    and version of the sources, and separate entries with and without the CUDA kernels."""
+    return f"em_hf_entropy_{'cuda' if with_cuda else 'cpu'}_{isa_key()}_{source_key()}"
 
 
 def kernel_cache_dir() -> Path:
@@ -99,20 +112,12 @@ def kernel_cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def source_key(with_cuda: bool = False) -> str:
-    """A short hash of what the library is built from: the contents of the sources and headers, the
-    compiler flags and torch's version (a library built against another torch may not load)."""
-    digest = hashlib.sha256()
-    for path in _source_files(with_cuda) + _header_files():
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(repr((_CFLAGS, _CUDA_CFLAGS, _LDFLAGS, torch.__version__, with_cuda)).encode())
-    return digest.hexdigest()[:10]
-
-
 def build_directory(with_cuda: bool = False) -> Path:
-    """The build folder of this host's kernels: :func:`kernel_cache_dir` /
-    ``<extension_name>-<source_key>``, shared by every checkout of the same sources."""
-    return kernel_cache_dir() / f"{extension_name(with_cuda)}-{source_key(with_cuda)}"
+    """The build folder of this host's kernels: :func:`kernel_cache_dir` / :func:`extension_name` (keyed
+    by the instruction set and the sources) / the torch version and compiler flags. It holds a copy of
+    the sources, so it depends on no checkout: every checkout of the same sources shares it."""
+    flags = hashlib.sha256(repr((_CFLAGS, _CUDA_CFLAGS, _LDFLAGS)).encode()).hexdigest()[:6]
+    return kernel_cache_dir() / extension_name(with_cuda) / f"torch-{torch.__version__}-{flags}"
 
 
 def _source_files(with_cuda: bool) -> list[Path]:

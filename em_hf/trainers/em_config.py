@@ -106,7 +106,10 @@ class EntropyMinConfig(TrainingArguments):
             ``"colocate"``: a ``vllm.LLM`` in the training process; after every optimizer step the new weights
             are loaded into it before the next rollouts (on-policy). ``"server"``: requests to a
             ``trl vllm-serve`` / ``vllm serve`` server through trl's ``VLLMClient``; its weights are updated
-            over vLLM's NCCL weight-transfer engine, which needs CUDA.
+            after every optimizer step over vLLM's NCCL weight-transfer engine where the trainer has CUDA,
+            else through a folder (``vllm_weight_sync_dir``) the server reloads from (start it with
+            ``VLLM_SERVER_DEV_MODE=1`` and ``--worker-extension-cls
+            em_hf.generation.vllm.weight_sync.FolderWeightSync``).
         vllm_model_impl (`str`, *optional*, defaults to `"vllm"`):
             ``"vllm"`` or ``"transformers"`` (vLLM's model implementation; colocate).
         vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.3`):
@@ -132,6 +135,10 @@ class EntropyMinConfig(TrainingArguments):
             Seconds to wait for the server to answer before a ``ConnectionError``.
         vllm_group_port (`int`, *optional*, defaults to `51216`):
             Port of the weight-update group with the server.
+        vllm_weight_sync_dir (`str`, *optional*):
+            Server mode without CUDA: the folder the trainer writes its weights to (one
+            ``model.safetensors``, replaced at every sync) and the server reloads from; both must see it
+            (same host or a shared file system). `None`: a new temporary folder.
 
     Examples:
         >>> from em_hf import EntropyMinConfig
@@ -236,6 +243,12 @@ class EntropyMinConfig(TrainingArguments):
         default=240.0, metadata={"help": "Seconds to wait for the vLLM server before a ConnectionError."}
     )
     vllm_group_port: int = field(default=51216, metadata={"help": "Weight-update group port (server)."})
+    vllm_weight_sync_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Server mode without CUDA: folder of the weights the server reloads (None: a temp one)."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

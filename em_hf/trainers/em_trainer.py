@@ -223,13 +223,15 @@ class EntropyMinTrainer(Trainer):
         if train_dataset is not None:
             render_prompt(processing_class, train_dataset[0]["prompt"])  # fails early on a bad prompt
 
+        # Trainer's leading parameters in its own order: model, args, data_collator, train_dataset,
+        # eval_dataset, processing_class.
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=_keep_examples,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
+            model,
+            args,
+            _keep_examples,
+            train_dataset,
+            eval_dataset,
+            processing_class,
             callbacks=callbacks,
             optimizers=optimizers,
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
@@ -330,6 +332,7 @@ class EntropyMinTrainer(Trainer):
             server_port=args.vllm_server_port,
             server_timeout=args.vllm_server_timeout,
             group_port=args.vllm_group_port,
+            weight_sync_dir=args.vllm_weight_sync_dir,
             tensor_parallel_size=args.vllm_tensor_parallel_size,
             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
             max_model_length=args.vllm_max_model_length,

@@ -52,6 +52,10 @@ class EMRLOOConfig(RLOOConfig):
             With ``use_vllm=True, vllm_mode="colocate"``: extra ``vllm.LLM`` arguments for trl's call, e.g.
             ``{"dtype": "float32", "enforce_eager": True}`` on a CPU. (trl's colocated engine is also given a
             weight sync that works on vLLM's CPU backend: see :mod:`em_hf.trainers.vllm_rollouts`.)
+        vllm_weight_sync_dir (`str`, *optional*):
+            With ``use_vllm=True, vllm_mode="server"`` and no CUDA: the folder the trainer writes its
+            weights to and the server (started with ``VLLM_SERVER_DEV_MODE=1 ... --worker-extension-cls
+            em_hf.generation.vllm.weight_sync.FolderWeightSync``) reloads from. `None`: a temporary folder.
 
     ``num_generations`` must be at least 2: the RLOO baseline of a completion is the mean reward of
     the other completions of its prompt. Use :meth:`paper` for the paper's values.
@@ -89,6 +93,12 @@ class EMRLOOConfig(RLOOConfig):
         default=None,
         metadata={
             "help": "Extra vllm.LLM arguments for trl's colocated engine, e.g. {'enforce_eager': True}."
+        },
+    )
+    vllm_weight_sync_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Server mode without CUDA: folder of the weights the server reloads (None: a temp one)."
         },
     )
 

@@ -122,7 +122,9 @@ def _vllm_generation_patch(args: EMRLOOConfig):
 
     check_vllm_available()
     original = rloo_trainer.VLLMGeneration
-    rloo_trainer.VLLMGeneration = functools.partial(make_vllm_rollouts, engine_kwargs=args.vllm_engine_kwargs)
+    rloo_trainer.VLLMGeneration = functools.partial(
+        make_vllm_rollouts, engine_kwargs=args.vllm_engine_kwargs, weight_sync_dir=args.vllm_weight_sync_dir
+    )
     try:
         yield
     finally:

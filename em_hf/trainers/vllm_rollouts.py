@@ -12,22 +12,21 @@ Changed here (:class:`VLLMRollouts`, a subclass):
 1. ``engine_kwargs``: extra ``vllm.LLM`` arguments in colocate mode (trl passes a fixed set; a CPU
    engine wants ``dtype="float32"``, ``enforce_eager=True``). They are added to trl's ``LLM(...)``
    call; on a clash they win.
-2. Weight sync on vLLM's CPU platform. trl loads each tensor with
-   ``model_runner.model.load_weights([(name, param)])``; vLLM's CPU linear layers repack their weights
-   into oneDNN / SGL kernels after loading and replace ``weight`` by an empty ``Parameter`` without a
-   ``weight_loader``, so trl's sync stops with
-   ``AttributeError: 'Parameter' object has no attribute 'weight_loader'``
-   (vllm/model_executor/layers/linear.py, ``load_weights``). On CPU the weights are streamed through
-   vLLM's in-place reload instead (``model_runner.reload_weights(weights_iterator=...,
-   is_checkpoint_format=True)``: it restores the checkpoint layout, loads, and repacks), and the
-   embedding-method layers are repacked after it (a tied LM head shares the embedding's ``Parameter``, which
-   the reload visits once, so its packed GEMM weights would otherwise stay stale). On other platforms
-   trl's own ``sync_weights`` runs unchanged.
+2. Weight sync without CUDA (:mod:`em_hf.generation.vllm.weight_sync` says why trl's cannot run
+   there). Colocated engine on vLLM's CPU platform: the weights are streamed through vLLM's in-place
+   reload and the embedding layers repacked. Server mode from a trainer without CUDA (trl's
+   ``VLLMClient.init_communicator`` refuses: "Weight synchronization runs on vLLM's NCCL
+   weight-transfer engine, which needs a CUDA device"): the weights are written to
+   ``weight_sync_dir`` (``EntropyMinConfig.vllm_weight_sync_dir``, a folder the server can read) and
+   the server reloads them through ``POST /collective_rpc`` into its ``FolderWeightSync`` worker
+   extension (start it with ``VLLM_SERVER_DEV_MODE=1`` and ``--worker-extension-cls
+   em_hf.generation.vllm.weight_sync.FolderWeightSync``). With CUDA, trl's own sync runs unchanged.
 """
 
 from __future__ import annotations
 
 import functools
+import tempfile
 from typing import Any
 
 from em_hf.generation.vllm._requirements import VLLM_INSTALL_HINT
@@ -68,8 +67,15 @@ def _rollouts_class() -> type:
     class VLLMRollouts(trl_vllm.VLLMGeneration):
         """trl's ``VLLMGeneration`` plus ``engine_kwargs`` and a CPU weight sync (see the module doc)."""
 
-        def __init__(self, *args: Any, engine_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            engine_kwargs: dict[str, Any] | None = None,
+            weight_sync_dir: str | None = None,
+            **kwargs: Any,
+        ) -> None:
             self.engine_kwargs = dict(engine_kwargs or {})
+            self.weight_sync_dir = weight_sync_dir or tempfile.mkdtemp(prefix="em_hf_vllm_weights_")
             super().__init__(*args, **kwargs)
 
         def _init_vllm(self) -> None:
@@ -79,6 +85,8 @@ def _rollouts_class() -> type:
                 import requests  # trl's VLLMClient raises requests' ConnectionError (not the builtin one)
 
                 try:
+                    if self._server_sync_through_folder():
+                        return self._connect_folder_sync()
                     return super()._init_vllm()
                 except (ConnectionError, requests.exceptions.ConnectionError) as error:
                     raise ConnectionError(
@@ -100,20 +108,64 @@ def _rollouts_class() -> type:
             finally:
                 trl_vllm.LLM = trl_llm
 
+        def _server_sync_through_folder(self) -> bool:
+            """Server mode from a trainer without CUDA: vLLM's weight-transfer engines need CUDA, so the
+            weights go through a folder and the server's :class:`FolderWeightSync` extension."""
+            return self.accelerator.device.type != "cuda"
+
+        def _connect_folder_sync(self) -> None:
+            from trl.generation.vllm_client import VLLMClient
+
+            from em_hf.generation.vllm.weight_sync import READY_METHOD, WORKER_EXTENSION
+
+            if not self.accelerator.is_main_process:
+                return
+            base_url = self.server_base_url or f"http://{self.server_host}:{self.server_port}"
+            self.vllm_client = VLLMClient(
+                base_url=base_url, group_port=self.group_port, connection_timeout=self.server_timeout
+            )
+            response = self.vllm_client.session.post(
+                f"{self.vllm_client.base_url}/collective_rpc", json={"method": READY_METHOD}
+            )
+            if response.status_code != 200 or "ok" not in response.text:
+                raise RuntimeError(
+                    f"The vLLM server at {base_url} cannot take weights from a trainer without CUDA "
+                    f"(POST /collective_rpc answered {response.status_code}: {response.text[:200]!r}). "
+                    "Start it with `VLLM_SERVER_DEV_MODE=1` and "
+                    f"`--worker-extension-cls {WORKER_EXTENSION}`; it reloads the weights the trainer "
+                    "writes to `vllm_weight_sync_dir` (a folder both can read)."
+                )
+
         def sync_weights(self) -> None:
             from vllm.platforms import current_platform
 
+            from em_hf.generation.vllm.weight_sync import RELOAD_METHOD, reload_in_place, write_weights
+
+            if self.mode == "server" and self._server_sync_through_folder():
+                weights = self._iter_named_params()
+                if not self.accelerator.is_main_process:
+                    for _ in weights:  # take part in the gather collectives
+                        pass
+                    return
+                folder = write_weights(weights, self.weight_sync_dir)
+                client = self.vllm_client
+                response = client.session.post(
+                    f"{client.base_url}/collective_rpc",
+                    json={"method": RELOAD_METHOD, "kwargs": {"weights_path": str(folder)}},
+                )
+                if response.status_code != 200:
+                    raise RuntimeError(
+                        f"The vLLM server did not reload the weights from {folder} "
+                        f"({response.status_code}: {response.text[:500]}); it must be able to read that "
+                        "folder."
+                    )
+                client.reset_prefix_cache()
+                return
             if not (self.mode == "colocate" and current_platform.is_cpu()):
                 return super().sync_weights()
-            from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-
-            runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-            runner.reload_weights(weights_iterator=self._iter_named_params(), is_checkpoint_format=True)
-            # A tied LM head shares the embedding's Parameter, so the reload (which walks each Parameter
-            # once) does not repack it: its CPU GEMM would keep the old weights. Repack those layers.
-            for module in runner.get_model().modules():
-                if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
-                    module.quant_method.process_weights_after_loading(module)
+            reload_in_place(
+                self.llm.llm_engine.model_executor.driver_worker.model_runner, self._iter_named_params()
+            )
             self.llm.reset_prefix_cache()
 
     return VLLMRollouts

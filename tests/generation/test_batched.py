@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from em_hf.generation.batched import Completion, generate_completions
+from em_hf.generation.batched import Completion, CompletionGenerator, GeneratedChunk, generate_completions
 from em_hf.generation.decoding import parse_method
 from em_hf.generation.prompts import render_prompts
 
@@ -184,3 +184,45 @@ def test_chat_prompts_need_a_chat_template(sharp_llama, make_word_tokenizer):
         )
     with pytest.raises(ValueError, match="no chat template"):
         render_prompts(tokenizer, ["fine", [{"role": "user", "content": "hi"}]])
+
+
+class _EchoLengths(CompletionGenerator):
+    """A backend that 'generates' each prompt's length as text, recording the chunks it was given."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[int, int]] = []
+        self.plans: list[dict] = []
+
+    def chunk_size(self, method, batch_size: int) -> int:
+        return min(batch_size, 3)
+
+    def prepare(self, model, tokenizer, method, call):
+        return {"offset": call.seed, "num_prompts": call.num_prompts}
+
+    def generate_chunk(self, model, tokenizer, chunk, begin, plan) -> GeneratedChunk:
+        self.chunks.append((begin, len(chunk)))
+        self.plans.append(plan)
+        return GeneratedChunk(
+            texts=[str(len(row) + plan["offset"]) for row in chunk],
+            num_tokens=[1] * len(chunk),
+            mean_entropies=[0.5] * len(chunk),
+        )
+
+
+def test_a_backend_gets_rendered_chunks_and_returns_completions_in_prompt_order(sharp_llama, word_tokenizer):
+    prompts = PROMPTS * 2  # 8 prompts: chunks of 3, 3, 2
+    backend = _EchoLengths()
+    completions, seconds = backend(
+        sharp_llama, word_tokenizer, prompts, parse_method("greedy"), batch_size=5, seed=100, progress=False
+    )
+    rows = render_prompts(word_tokenizer, prompts)
+    assert backend.chunks == [(0, 3), (3, 3), (6, 2)]
+    assert [c.text for c in completions] == [str(len(r) + 100) for r in rows]
+    assert backend.plans == [{"offset": 100, "num_prompts": 8}] * 3
+    assert [c.prompt_tokens for c in completions] == [len(r) for r in rows]
+    assert seconds >= sum(c.seconds for c in completions) * 0.99
+
+
+def test_a_backend_that_implements_nothing_names_the_missing_method(sharp_llama, word_tokenizer):
+    with pytest.raises(NotImplementedError, match="must implement `prepare`"):
+        CompletionGenerator()(sharp_llama, word_tokenizer, ["w5"], parse_method("greedy"), progress=False)

@@ -1,4 +1,5 @@
-"""The kernel build: the cache name keyed by the instruction set, and the one log line of a build."""
+"""The kernel build: the cache name keyed by the instruction set and the sources, and the one log line of a
+build."""
 
 import logging
 import shutil
@@ -45,10 +46,27 @@ def test_isa_key_falls_back_to_the_processor_name(monkeypatch):
     assert extension.isa_key(machine="x86_64") == extension.isa_key("", "x86_64")
 
 
-def test_extension_name_carries_the_key():
-    key = extension.isa_key()
+def test_extension_name_carries_the_instruction_set_and_source_keys():
+    key = f"{extension.isa_key()}_{extension.source_key()}"
     assert extension.extension_name() == f"em_hf_entropy_cpu_{key}"
     assert extension.extension_name(with_cuda=True) == f"em_hf_entropy_cuda_{key}"
+
+
+def test_source_key_changes_with_any_source_and_only_with_the_sources(tmp_path):
+    """Two checkouts with different kernel sources (other op schemas) must not load each other's
+    library from the shared cache; two with the same sources share it."""
+    for name in ("schemas.cpp", "entropy_cpu.cpp"):
+        (tmp_path / name).write_text(f"// {name}\n")
+    key = extension.source_key(tmp_path)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    assert extension.source_key(tmp_path) == key  # a sub-folder is not a source
+    for name in ("schemas.cpp", "entropy_cpu.cpp"):
+        (copy / name).write_text(f"// {name}\n")
+    assert extension.source_key(copy) == key  # another checkout, same sources
+    (copy / "schemas.cpp").write_text("// schemas.cpp, with a new op\n")
+    assert extension.source_key(copy) != key
+    assert extension.source_key() == extension.source_key(extension._CSRC)
 
 
 @pytest.fixture
@@ -70,7 +88,7 @@ def test_build_logs_one_line_before_compiling_and_none_when_cached(monkeypatch, 
     monkeypatch.setenv("EM_HF_CACHE", str(tmp_path))
     monkeypatch.setattr(extension, "_with_cuda", lambda: False)
     monkeypatch.setattr("em_hf.ops._registration.register_python_parts", lambda: None)
-    compiled, loaded = [], []
+    compiled, loaded, names = [], [], []
 
     def fake_load(name, sources, build_directory, **kwargs):
         compiled.append((name, build_directory))
@@ -84,14 +102,14 @@ def test_build_logs_one_line_before_compiling_and_none_when_cached(monkeypatch, 
             extension, "_state", {"loaded": False, "error": None, "warned": False, "cuda": False}
         )
         if attempt == 2:  # the sources changed (another version of em_hf): a new build, announced
-            monkeypatch.setattr(extension, "source_key", lambda with_cuda=False: "0123456789")
+            monkeypatch.setattr(extension, "source_key", lambda folder=None: "0123456789")
         build()
         build()  # loaded: nothing more
-    name = extension.extension_name()
-    assert [c[0] for c in compiled] == [name, name]
+        names.append(extension.extension_name())
+    assert [c[0] for c in compiled] == [names[0], names[2]]
     assert compiled[0][1] != compiled[1][1]
-    assert Path(compiled[0][1]).parent == tmp_path / "kernels"
-    assert loaded == [str(Path(compiled[0][1]) / f"{name}.so")]  # the second run loads the cached one
+    assert Path(compiled[0][1]).parent.parent == tmp_path / "kernels"
+    assert loaded == [str(Path(compiled[0][1]) / f"{names[1]}.so")]  # the second run loads the cached one
     messages = [record.getMessage() for record in em_hf_records]
     assert len(messages) == 2, messages  # the first build and the one after the change
     assert all("building the em_hf C++ kernels: about a minute, once per machine" in m for m in messages)
@@ -106,7 +124,7 @@ def test_the_build_folder_does_not_depend_on_the_checkout(monkeypatch, tmp_path)
     shutil.copytree(extension._CSRC, clone)
     monkeypatch.setattr(extension, "_CSRC", clone)
     assert extension.build_directory() == here
-    assert here.parent == tmp_path / "cache" / "kernels"
+    assert here.parent.parent == tmp_path / "cache" / "kernels"
     (clone / "entropy_cpu.cpp").write_text((clone / "entropy_cpu.cpp").read_text() + "\n// edited\n")
     assert extension.build_directory() != here  # edited sources: another build
     copies = extension._copy_sources(extension.build_directory(), with_cuda=False)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from em_hf.generation.prompts import left_pad, render_prompts
+from tests.trainers.vllm_checks import MAX_NEW, PROMPTS, greedy_rollouts, hf_greedy
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,11 +29,6 @@ pytestmark = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROMPTS = [
-    [{"role": "user", "content": f"Compute {a} + {b}. Reply with just the number."}]
-    for a, b in ((2, 9), (7, 5))
-]
-MAX_NEW = 16
 
 
 @pytest.fixture(scope="module")
@@ -66,50 +62,22 @@ def colocated(tmp_path_factory):
         torch.distributed.destroy_process_group()
 
 
-def _greedy_rollouts(trainer):
-    """The trainer's own rollout path (weight sync included) with greedy sampling."""
-    engine = trainer.vllm_generation
-    temperature, engine.temperature = engine.temperature, 0.0
-    try:
-        batch = trainer.generate_batch(PROMPTS)
-    finally:
-        engine.temperature = temperature
-    return batch, [
-        ids[mask.bool()].tolist()
-        for ids, mask in zip(batch["completion_ids"], batch["completion_mask"], strict=True)
-    ]
-
-
-def _hf_greedy(model, tokenizer):
-    was_training = model.training
-    model.eval()
-    rows = render_prompts(tokenizer, PROMPTS)
-    input_ids, attention_mask = left_pad(rows, tokenizer.pad_token_id)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=MAX_NEW, do_sample=False
-        )[:, input_ids.shape[1] :]
-    model.train(was_training)
-    eos = tokenizer.eos_token_id
-    return [row[: row.index(eos) + 1] if eos in row else row for row in out.tolist()]
-
-
 def test_colocated_rollouts_follow_the_current_weights(colocated):
     trainer, model, tokenizer = colocated
-    batch, before = _greedy_rollouts(trainer)
+    batch, before = greedy_rollouts(trainer)
     # trl's layout: the rendered prompts left-padded, completions through the first EOS
     prompt_ids, prompt_mask = left_pad(render_prompts(tokenizer, PROMPTS), tokenizer.pad_token_id)
     assert torch.equal(batch["prompt_ids"], prompt_ids) and torch.equal(batch["prompt_mask"], prompt_mask)
-    assert before == _hf_greedy(model, tokenizer)
+    assert before == hf_greedy(model, tokenizer)
 
     trainer.train()  # one optimizer step on vLLM rollouts (sampled at T=1)
     assert trainer.state.global_step == 1
     log = trainer.state.log_history[0]
     assert log["completions/mean_length"] > 0 and "entropy" in log
 
-    _, after = _greedy_rollouts(trainer)  # the engine gets the step's weights first
+    _, after = greedy_rollouts(trainer)  # the engine gets the step's weights first
     assert trainer._last_loaded_step == 1
-    assert after == _hf_greedy(model, tokenizer)
+    assert after == hf_greedy(model, tokenizer)
     assert after != before, "the step did not change the greedy continuations; raise the learning rate"
 
 

@@ -40,11 +40,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from em_hf.generation.batched import Completion, eos_token_ids
+from em_hf.generation.batched import CompletionGenerator, GeneratedChunk, GenerationCall, eos_token_ids
 from em_hf.generation.decoding import DecodingMethod
-from em_hf.generation.prompts import Prompt, render_prompts
 from em_hf.generation.vllm._requirements import VLLM_INSTALL_HINT, import_vllm
 from em_hf.ops.linear_entropy import linear_token_entropy
 
@@ -198,13 +196,14 @@ def _mean_entropies(
     return [found[i] for i in range(len(rows))]
 
 
-class VLLMGenerator:
+class VLLMGenerator(CompletionGenerator):
     """A drop-in for :func:`~em_hf.generation.batched.generate_completions` that generates with a vLLM
     engine (module docstring: same ids, same stopping, same accounting).
 
-    Call it as ``generate_completions``: ``generator(model, tokenizer, prompts, method, max_new_tokens,
-    batch_size, seed, progress)``. ``model`` is the ``transformers`` model of the same checkpoint: it is
-    not used to generate, only to recompute the mean token entropy (one prefill per completion) and,
+    A :class:`~em_hf.generation.batched.CompletionGenerator`: call it as ``generate_completions``,
+    ``generator(model, tokenizer, prompts, method, max_new_tokens=64, batch_size=32, seed=0,
+    progress=True)``. ``model`` is the ``transformers`` model of the same checkpoint: it is not used to
+    generate, only to recompute the mean token entropy (one prefill per completion) and,
     in the harness, for P of the FLOPs count (``model.num_parameters()``, as with ``--engine hf``).
     :func:`~em_hf.eval.methods.run_items` and :func:`~em_hf.eval.runner.evaluate` take it as
     ``generator=``.
@@ -248,53 +247,48 @@ class VLLMGenerator:
     def __repr__(self) -> str:
         return f"VLLMGenerator(entropy_batch_size={self.entropy_batch_size})"
 
-    def __call__(
-        self,
-        model,
-        tokenizer,
-        prompts: Sequence[Prompt],
-        method: DecodingMethod,
-        max_new_tokens: int = 64,
-        batch_size: int = 32,
-        seed: int = 0,
-        progress: bool = True,
-    ) -> tuple[list[Completion], float]:
-        """Generate one completion per prompt with ``method``; returns (completions, wall seconds), as
-        :func:`~em_hf.generation.batched.generate_completions`."""
-        if len(prompts) == 0:
-            raise ValueError("`prompts` is empty: nothing to generate.")
+    def chunk_size(self, method: DecodingMethod, batch_size: int) -> int:
+        return min(batch_size, MAX_SEEDED_PER_CALL) if method.do_sample else batch_size
+
+    def prepare(
+        self, model, tokenizer, method: DecodingMethod, call: GenerationCall
+    ) -> tuple[list, list[int]]:
         import_vllm()
+        stop = eos_token_ids(model, tokenizer)
+        rng = random.Random(call.seed)
+        params = [
+            sampling_params(
+                method,
+                max_new_tokens=call.max_new_tokens,
+                stop_token_ids=stop,
+                seed=rng.getrandbits(31) if method.do_sample else None,
+            )
+            for _ in range(call.num_prompts)
+        ]
+        return params, stop
+
+    def generate_chunk(
+        self, model, tokenizer, chunk: list[list[int]], begin: int, plan: tuple[list, list[int]]
+    ) -> GeneratedChunk:
         from vllm.inputs import TokensPrompt
 
-        rows = render_prompts(tokenizer, prompts)
-        stop = eos_token_ids(model, tokenizer)
-        rng = random.Random(seed)
-        seeds = [rng.getrandbits(31) if method.do_sample else None for _ in rows]
-        step = min(batch_size, MAX_SEEDED_PER_CALL) if method.do_sample else batch_size
-        start = time.perf_counter()
-        completions: list[Completion] = []
-        for begin in tqdm(range(0, len(rows), step), desc=method.name, disable=not progress, leave=False):
-            chunk = rows[begin : begin + step]
-            batch_start = time.perf_counter()
-            params = [
-                sampling_params(method, max_new_tokens=max_new_tokens, stop_token_ids=stop, seed=s)
-                for s in seeds[begin : begin + step]
-            ]
-            outputs = self.llm.generate(
-                [TokensPrompt(prompt_token_ids=list(row)) for row in chunk], params, use_tqdm=False
-            )
-            ids = [_through_eos(list(out.outputs[0].token_ids), stop) for out in outputs]
-            entropy_start = time.perf_counter()
-            self.generate_seconds += entropy_start - batch_start
-            entropies = _mean_entropies(model, chunk, ids, self.entropy_batch_size)
-            self.entropy_seconds += time.perf_counter() - entropy_start
-            texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-            share = (time.perf_counter() - batch_start) / len(chunk)
-            completions.extend(
-                Completion(text=t, num_tokens=len(i), mean_entropy=h, prompt_tokens=len(r), seconds=share)
-                for t, i, h, r in zip(texts, ids, entropies, chunk, strict=True)
-            )
-        return completions, time.perf_counter() - start
+        params, stop = plan
+        generate_start = time.perf_counter()
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(row)) for row in chunk],
+            params[begin : begin + len(chunk)],
+            use_tqdm=False,
+        )
+        ids = [_through_eos(list(out.outputs[0].token_ids), stop) for out in outputs]
+        entropy_start = time.perf_counter()
+        self.generate_seconds += entropy_start - generate_start
+        entropies = _mean_entropies(model, chunk, ids, self.entropy_batch_size)
+        self.entropy_seconds += time.perf_counter() - entropy_start
+        return GeneratedChunk(
+            texts=tokenizer.batch_decode(ids, skip_special_tokens=True),
+            num_tokens=[len(i) for i in ids],
+            mean_entropies=entropies,
+        )
 
 
 def _through_eos(ids: list[int], stop: Sequence[int]) -> list[int]:
