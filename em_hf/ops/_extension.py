@@ -5,8 +5,8 @@ needed (about a minute on 2 cores; one log line says so) into a cache of the use
 checkout: ``$EM_HF_CACHE/kernels`` (default ``~/.cache/em_hf/kernels``), one folder per instruction
 set, source hash, torch version and compiler flags (:func:`build_directory`). The sources are copied
 there before the build, so every checkout, virtual environment and command with the same sources
-and torch (``make test``, ``em-hf build-ops``, a later script) loads the same library in well under a second instead of
-compiling again. Build ahead of time with ``em-hf build-ops``.
+and torch (``make test``, ``em-hf build-ops``, a later script) loads the same library in well under
+a second instead of compiling again. Build ahead of time with ``em-hf build-ops``.
 
 The CPU sources are compiled with ``-march=native``, so the cached library runs only on CPUs with
 the instruction set of the machine that built it. Its name therefore carries a short key of that
