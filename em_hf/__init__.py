@@ -29,7 +29,13 @@ _EXPORTS = exports_by_name(
             "AdaptiveTemperatureLogitsWarper",
             "TokenEntropyRecorder",
         ),
-        "em_hf.ops": ("token_entropy", "entropy_grad", "linear_token_entropy", "linear_entropy_loss"),
+        "em_hf.ops": (
+            "token_entropy",
+            "token_statistics",
+            "entropy_grad",
+            "linear_token_entropy",
+            "linear_entropy_loss",
+        ),
         "em_hf.models": ("load_model", "load_default_model"),
         "em_hf.trainers": (
             "EntropyMinConfig",
@@ -57,6 +63,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loade
         linear_entropy_loss,
         linear_token_entropy,
         token_entropy,
+        token_statistics,
     )
     from em_hf.trainers import (  # noqa: F401
         BenchmarkEarlyStoppingCallback,

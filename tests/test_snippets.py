@@ -32,11 +32,20 @@ VLLM = re.compile(r"^\s*(from vllm\b|import vllm\b)|use_vllm\s*=\s*True|em_hf\.g
 TIMEOUT_S = 1200
 
 
+# Blocks that are not yet whole programs, by the section that holds them, with what they lack. Each
+# is skipped with this reason (visible in the test report) until the block runs as written.
+FRAGMENTS = {
+    "Label-free rewards": "the block uses `model`, `prompts`, `tokenizer` defined elsewhere and `...` "
+    "placeholders: make it a whole program (and size it with # test-overrides:) to test it",
+}
+
+
 @dataclass(frozen=True)
 class Snippet:
     path: Path
     line: int  # of the first code line, 1-based
     code: str
+    section: str = ""  # the heading above the block
 
     @property
     def name(self) -> str:
@@ -45,14 +54,16 @@ class Snippet:
 
 def python_blocks(path: Path) -> list[Snippet]:
     """The ```python blocks of a markdown file, with the line of their first code line."""
-    blocks, lines, language, start = [], [], None, 0
+    blocks, lines, language, start, section = [], [], None, 0, ""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if language is None and line.startswith("## "):
+            section = line[3:].strip()
         fence = FENCE.match(line.strip()) if line.lstrip().startswith("```") else None
         if fence and language is None:
             language, start, lines = fence.group(1) or "text", number + 1, []
         elif line.strip() == "```" and language is not None:
             if language == "python":
-                blocks.append(Snippet(path, start, "\n".join(lines) + "\n"))
+                blocks.append(Snippet(path, start, "\n".join(lines) + "\n", section))
             language = None
         elif language is not None:
             lines.append(line)
@@ -136,6 +147,8 @@ def test_vllm_snippets_keep_their_work_under_main():
 @pytest.mark.slow  # most blocks load the real default model
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.name for s in SNIPPETS])
 def test_snippet_runs_as_written(snippet: Snippet, tmp_path: Path):
+    if snippet.section in FRAGMENTS:
+        pytest.skip(f"{snippet.section}: {FRAGMENTS[snippet.section]}")
     if VLLM.search(snippet.code) and importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed: make installs it (VLLM_SPEC); this snippet needs it")
     script = tmp_path / "snippet.py"

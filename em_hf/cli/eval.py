@@ -91,6 +91,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=10.0,
         help="seconds per program run (default: %(default)s)",
     )
+    parser.add_argument(
+        "--unsafe-code-sandbox",
+        action="store_true",
+        help="run code items' programs without the bubblewrap sandbox (a separate process with resource "
+        "limits, but your user's rights on files and network): only for code you trust, or where "
+        "bubblewrap cannot run",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
     parser.add_argument(
         "--engine",
@@ -138,6 +145,25 @@ def _vllm_generator(args: argparse.Namespace, methods):
     return VLLMGenerator(load_vllm(path, **kwargs))
 
 
+def _code_sandbox_ready(args: argparse.Namespace, benchmarks: dict) -> bool:
+    """Choose the code sandbox's isolation; with code items and no ``--unsafe-code-sandbox``, check
+    bubblewrap now (before the model loads) and print why it cannot run."""
+    from em_hf.eval.sandbox import SandboxUnavailableError, check_sandbox, set_default_isolation
+
+    if args.unsafe_code_sandbox:
+        set_default_isolation("process")
+        return True
+    set_default_isolation("bwrap")
+    if not any(item.task == "code" for items in benchmarks.values() for item in items):
+        return True
+    try:
+        check_sandbox()
+    except SandboxUnavailableError as error:
+        print(f"em-hf eval: error: {error}", file=sys.stderr)
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``em-hf eval`` from parsed arguments; prints the tables and where the files are."""
     import torch
@@ -146,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from em_hf.eval.runner import check_resumable, evaluate, split_specs
     from em_hf.generation.decoding import parse_method
     from em_hf.models import load_model
+    from em_hf.utils.files import FolderLockedError
 
     start = time.perf_counter()
     try:
@@ -169,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
         }
     except (ValueError, FileNotFoundError) as error:
         print(f"em-hf eval: error: {error}", file=sys.stderr)
+        return 2
+    if not _code_sandbox_ready(args, benchmarks):
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
             plot=not args.no_plot,
             generator=generator,
         )
-    except (ValueError, ImportError) as error:
+    except (ValueError, ImportError, FolderLockedError) as error:
         print(f"em-hf eval: error: {error}", file=sys.stderr)
         return 2
     assert run.table_path is not None

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``em-hf select`` from parsed arguments; prints the ranking (and writes ``--output``)."""
     from em_hf.data import make_arithmetic_problems, select_by_pass_variance
     from em_hf.models import load_model
+    from em_hf.utils.files import atomic_write_text
 
     if args.data is not None:
         prompts, answers = read_candidates(args.data)
@@ -92,11 +93,10 @@ def run(args: argparse.Namespace) -> int:
         text = row.prompt if isinstance(row.prompt, str) else row.prompt[-1]["content"]
         print(f"| {rank} | {text[:80]!r} | {row.answer} | {row.pass_rate:.3f} | {row.variance:.3f} |")
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            for row in ranked:
-                record = {"index": row.index, "prompt": row.prompt, "answer": row.answer}
-                record.update(
-                    pass_rate=row.pass_rate, variance=row.variance, completions=list(row.completions)
-                )
-                handle.write(json.dumps(record) + "\n")
+        lines = []
+        for row in ranked:
+            record = {"index": row.index, "prompt": row.prompt, "answer": row.answer}
+            record.update(pass_rate=row.pass_rate, variance=row.variance, completions=list(row.completions))
+            lines.append(json.dumps(record) + "\n")
+        atomic_write_text(args.output, "".join(lines))  # whole or not at all
     return 0

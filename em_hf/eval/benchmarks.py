@@ -92,6 +92,8 @@ class BenchmarkItem:
             Python test code run after the completion's code block (code).
         metadata (`dict[str, Any]`, *optional*, defaults to `{}`):
             The other fields of the row (level, type, difficulty, ...); ``NAME:key=value`` filters on them.
+        template (`str`, *optional*):
+            The prompt template the prompt was built with (a resumed run checks it did not change).
 
     Examples:
         >>> from em_hf.eval import load_benchmark
@@ -109,6 +111,7 @@ class BenchmarkItem:
     references: tuple[str, ...] = ()
     tests: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,12 +158,14 @@ class BenchmarkSpec:
 
 
 def _first(row: dict[str, Any], keys: Iterable[str], what: str, name: str) -> Any:
+    keys = list(keys)
     for key in keys:
         if key in row and row[key] is not None:
             return row[key]
-    raise ValueError(
-        f"A row of {name} has no {what} field (looked for {list(keys)}); got keys {sorted(row)}."
-    )
+    empty = [key for key in keys if key in row]
+    if empty:
+        raise ValueError(f"its {what} field {empty[0]!r} is null; give the item a {what} or remove it.")
+    raise ValueError(f"it has no {what} field (looked for {keys}); its keys are {sorted(map(str, row))}.")
 
 
 def _messages(template: str, question: str) -> list[dict[str, str]]:
@@ -195,6 +200,7 @@ def _item(
         task=spec.task,
         question=question,
         prompt=_messages(template, question),
+        template=template,
         **values,
     )
 
@@ -206,7 +212,7 @@ def _math_item(spec: BenchmarkSpec, row: dict[str, Any], index: int, template: s
         solution = str(_first(row, ("solution",), "solution", spec.name))
         reference = extract_boxed(solution)
         if reference is None:
-            raise ValueError(f"{spec.name} item {index}: its solution has no \\boxed{{}} answer.")
+            raise ValueError("its solution has no \\boxed{} answer.")
     metadata = {
         k: v for k, v in row.items() if k in ("level", "type", "subject", "url", "subfield", "solution")
     }
@@ -221,7 +227,7 @@ def _physics_item(spec: BenchmarkSpec, row: dict[str, Any], index: int, template
     answers = str(_first(row, spec.fields["answer"], "answer", spec.name))
     box = extract_boxed(answers) if "\\boxed" in answers else answers
     if box is None:
-        raise ValueError(f"{spec.name} item {index}: cannot read its answer {answers!r}.")
+        raise ValueError(f"cannot read its answer {answers!r}.")
     references = tuple(split_top_level(box)) if row.get("is_multiple_answer") else (box,)
     metadata = {k: row[k] for k in ("answer_type", "unit", "topic", "level") if k in row}
     return _item(spec, row, index, template, reference=box, references=references, metadata=metadata)
@@ -292,30 +298,65 @@ def find_benchmarks_dir() -> Path | None:
     return None
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a benchmark file, read by ``datasets.load_dataset("json" | "parquet", data_files=...)``."""
+def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of a benchmark file, and where each comes from (``file:line`` for JSON Lines, ``file row N``
+    otherwise). Every row must be a JSON object; a malformed one raises ``ValueError`` naming the file and
+    the line.
+
+    JSON Lines are parsed here, line by line: ``datasets``' JSON builder names neither the file nor the
+    line of a malformed one, and accepts a line that is not an object. Parquet goes through
+    ``datasets.load_dataset("parquet", ...)``."""
     if path.suffix not in (".json", ".jsonl", ".parquet"):
         raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use .json, .jsonl or .parquet).")
-    if path.suffix == ".json" and _is_column_oriented(path):
-        # pandas' column-oriented layout ({"problem": {"0": ..., "1": ...}, ...}, as MATH-500's file):
-        # datasets' JSON builder reads it as ONE row of dicts, pandas reads it as the table it is.
-        import pandas
+    if path.suffix == ".jsonl":
+        rows, places = [], []
+        with path.open(encoding="utf-8") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno})."
+                    ) from None
+                places.append(f"{path}:{number}")
+                rows.append(_check_row(row, places[-1]))
+        return rows, places
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})."
+            ) from None
+        if isinstance(data, dict):
+            # pandas' column-oriented layout ({"problem": {"0": ..., "1": ...}, ...}, as MATH-500's file).
+            import pandas
 
-        return pandas.read_json(path, orient="columns", dtype=False).to_dict("records")
+            data = pandas.DataFrame(data).to_dict("records")
+        if not isinstance(data, list):
+            raise ValueError(
+                f"{path}: expected a list of objects or a column-oriented object, got {type(data).__name__}."
+            )
+        places = [f"{path} row {index + 1}" for index in range(len(data))]
+        return [_check_row(row, place) for row, place in zip(data, places, strict=True)], places
     from datasets import load_dataset
 
-    builder = "parquet" if path.suffix == ".parquet" else "json"
-    return [dict(row) for row in load_dataset(builder, data_files=str(path), split="train")]
+    rows = [dict(row) for row in load_dataset("parquet", data_files=str(path), split="train")]
+    return rows, [f"{path} row {index + 1}" for index in range(len(rows))]
 
 
-def _is_column_oriented(path: Path) -> bool:
-    with path.open(encoding="utf-8") as file:
-        head = file.read(64).lstrip()
-    return head.startswith("{")
+def _check_row(row: Any, place: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise ValueError(
+            f"{place}: expected a JSON object (one benchmark item), got {type(row).__name__} {row!r:.80}."
+        )
+    return row
 
 
-def _rows(spec: BenchmarkSpec, path: str | os.PathLike | None) -> tuple[list[dict[str, Any]], str]:
-    """The raw rows of a benchmark and where they came from (source order in the module docstring)."""
+def _rows(spec: BenchmarkSpec, path: str | os.PathLike | None) -> tuple[list[dict[str, Any]], list[str], str]:
+    """The raw rows of a benchmark, where each comes from and the source (order in the module docstring)."""
     if path is not None:
         given = Path(path).expanduser()
         if given.is_dir():
@@ -325,10 +366,10 @@ def _rows(spec: BenchmarkSpec, path: str | os.PathLike | None) -> tuple[list[dic
                 f"`path` for benchmark {spec.name!r} must be its file or a folder holding {spec.filename}; "
                 f"{given} does not exist."
             )
-        return _read_rows(given), str(given)
+        return (*_read_rows(given), str(given))
     folder = find_benchmarks_dir()
     if folder is not None and spec.filename and (folder / spec.filename).is_file():
-        return _read_rows(folder / spec.filename), str(folder / spec.filename)
+        return (*_read_rows(folder / spec.filename), str(folder / spec.filename))
     looked = f"{spec.filename} was not found in ${BENCHMARKS_ENV} or a shared/benchmarks folder"
     if spec.hub is None:
         raise FileNotFoundError(f"{looked}. {describe_source(spec)}")
@@ -347,7 +388,8 @@ def _rows(spec: BenchmarkSpec, path: str | os.PathLike | None) -> tuple[list[dic
             f"{looked}, and loading it from the Hugging Face Hub failed ({type(error).__name__}: {error}). "
             f"{describe_source(spec)}"
         ) from error
-    return [dict(row) for row in dataset], f"hf://{hub_id}"
+    rows = [dict(row) for row in dataset]
+    return rows, [f"hf://{hub_id} row {index + 1}" for index in range(len(rows))], f"hf://{hub_id}"
 
 
 def default_max_new_tokens(specs: Iterable[str]) -> int:
@@ -452,6 +494,7 @@ def _arithmetic_items(options: dict[str, str], template: str) -> list[BenchmarkI
             question=p.prompt,
             prompt=_messages(template, p.prompt),
             reference=str(p.answer),
+            template=template,
             metadata={"operands": sum(token.strip(".").isdigit() for token in p.question.split())},
         )
         for p in make_arithmetic_problems(n, seed=seed)
@@ -499,8 +542,13 @@ def load_benchmark(
     if name == "arithmetic":
         items = _arithmetic_items(options, template)
     else:
-        rows, source = _rows(benchmark, path)
-        items = [benchmark.to_item(row, index, template) for index, row in enumerate(rows)]
+        rows, places, source = _rows(benchmark, path)
+        items = []
+        for index, (row, place) in enumerate(zip(rows, places, strict=True)):
+            try:
+                items.append(benchmark.to_item(row, index, template))
+            except ValueError as error:
+                raise ValueError(f"{place}: {name} item {index}: {error}") from None
         if len({item.id for item in items}) < len(items):
             # Ids must key resumable runs; where the file repeats them (AMC), the row number is the id.
             items = [dataclasses.replace(item, id=str(index)) for index, item in enumerate(items)]

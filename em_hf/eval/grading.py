@@ -17,73 +17,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 
-from em_hf.utils.answers import extract_all_boxed, extract_boxed, extract_last_number, normalize_answer
+from em_hf.utils.answers import (
+    answers_equivalent,
+    extract_all_boxed,
+    extract_boxed,
+    extract_last_number,
+    numeric_value,
+)
 
 __all__ = ["answers_equivalent", "grade_math", "grade_physics", "numeric_value", "split_top_level"]
-
-_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
-
-
-def _math_verify():
-    try:
-        import math_verify
-    except ImportError as error:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "Grading math answers needs the `math-verify` package: pip install 'em_hf[eval]' "
-            "(or: pip install math-verify)."
-        ) from error
-    return math_verify
-
-
-@lru_cache(maxsize=4096)
-def _parse(answer: str) -> tuple:
-    """math-verify's parse of one answer, given as the content of a box (cached: references repeat)."""
-    return tuple(_math_verify().parse("\\boxed{" + answer + "}", parsing_timeout=5))
-
-
-def numeric_value(answer: str) -> float | None:
-    """The answer as a float when it is a plain number (``-3``, ``2.50``, ``1,000``) or an
-    expression math-verify evaluates to a number without free symbols (``4.88 \\times 10^{23}``,
-    ``\\frac{3}{4}``, ``2\\sqrt{2}``); None otherwise."""
-    text = normalize_answer(answer)
-    if _PLAIN_NUMBER.fullmatch(text):
-        return float(text)
-    parsed = _parse(answer)
-    if not parsed:
-        return None
-    expression = parsed[0]
-    try:
-        if getattr(expression, "free_symbols", None) or not getattr(expression, "is_number", False):
-            return None
-        value = complex(expression)
-    except (TypeError, ValueError, AttributeError):
-        return None
-    if value.imag != 0 or not math.isfinite(value.real):
-        return None
-    return value.real
-
-
-def answers_equivalent(prediction: str, reference: str, rel_tol: float = 1e-6) -> bool:
-    """Whether two final answers (box contents) are the same: equal normalized strings; else, when
-    both are numbers (:func:`numeric_value`), equal within ``rel_tol`` (relative: math-verify rounds
-    to 6 decimals, which makes ``2.88e-19`` equal ``1.3e-27``); else equivalent for math-verify
-    (``verify(gold=reference, target=prediction)``: symbolic equality, sets, intervals, equations)."""
-    if normalize_answer(prediction) == normalize_answer(reference):
-        return True
-    expected, got = numeric_value(reference), numeric_value(prediction)
-    if expected is not None and got is not None:
-        return _close(got, expected, rel_tol)
-    gold, target = _parse(reference), _parse(prediction)
-    if not gold or not target:
-        return False
-    return bool(_math_verify().verify(list(gold), list(target), timeout_seconds=5))
-
-
-def _close(value: float, expected: float, rel_tol: float) -> bool:
-    """|value - expected| <= rel_tol * |expected| (exact equality when the expected value is 0)."""
-    return math.isclose(value, expected, rel_tol=rel_tol, abs_tol=0.0)
 
 
 def _final_answer(completion: str, strict: bool) -> str | None:

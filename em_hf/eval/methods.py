@@ -28,6 +28,7 @@ from em_hf.eval.benchmarks import BenchmarkItem
 from em_hf.eval.scoring import final_answer, grade_item
 from em_hf.generation.batched import Completion, generate_completions
 from em_hf.generation.decoding import DecodingMethod
+from em_hf.generation.sampling import item_seed
 
 __all__ = ["REFINE_INSTRUCTIONS", "ItemResult", "majority_vote", "run_items"]
 
@@ -175,8 +176,10 @@ def run_items(
     :func:`~em_hf.eval.scoring.final_answer`); the winning trajectory is graded. It is not defined
     for code (no answer to vote on): a ``ValueError`` says so. Refinement (``-refine``) runs ``n``
     rounds; round r > 1 sends the conversation [question, previous answer, instruction to check and
-    improve it] and the last round is graded. ``torch.manual_seed(seed)`` is set before each
-    ``generate`` batch sequence (see :func:`~em_hf.generation.batched.generate_completions`).
+    improve it] and the last round is graded. Sampled methods draw each trajectory (round) from its
+    own random stream, seeded with :func:`~em_hf.generation.sampling.item_seed` of (``seed``, the item's
+    benchmark, its id, the trajectory or round index): an item's answers do not depend on the other
+    items of its batch, so a resumed run samples what an uninterrupted one would have.
 
     Parameters:
         model, tokenizer, max_new_tokens:
@@ -187,7 +190,7 @@ def run_items(
         method (`DecodingMethod`):
             The decoding method (:func:`~em_hf.generation.decoding.parse_method`), strategy included.
         seed (`int`, *optional*, defaults to `0`):
-            The generation seed.
+            The generation seed (each item's streams derive from it, see above).
         batch_size (`int`, *optional*, defaults to `16`):
             Prompts per ``generate`` call (trajectories count as prompts).
         code_timeout_s (`float`, *optional*, defaults to `10.0`):
@@ -197,7 +200,8 @@ def run_items(
         generator (`Callable`, *optional*):
             What generates the completions, called as
             :func:`~em_hf.generation.batched.generate_completions` (the default, ``model.generate``);
-            :class:`~em_hf.generation.vllm.engine.VLLMGenerator` generates with a vLLM engine.
+            :class:`~em_hf.generation.vllm.engine.VLLMGenerator` generates with a vLLM engine. It is
+            also given ``seeds=``, one sampling seed per prompt.
 
     Returns:
         `list[ItemResult]`
@@ -229,7 +233,8 @@ def run_items(
                 "no final answer to vote on. Use a single-trajectory method or refinement."
             )
         prompts = [item.prompt for item in items for _ in range(n)]
-        completions, _ = generate_fn(model, tokenizer, prompts, method, **generate)
+        seeds = [item_seed(seed, item.benchmark, item.id, k) for item in items for k in range(n)]
+        completions, _ = generate_fn(model, tokenizer, prompts, method, seeds=seeds, **generate)
         results = []
         for index, item in enumerate(items):
             group = completions[index * n : (index + 1) * n]
@@ -251,7 +256,8 @@ def run_items(
             for item, history in zip(items, rounds, strict=True)
         ]
         generate["seed"] = seed + 7919 * round_index  # a different stream for each round
-        completions, _ = generate_fn(model, tokenizer, prompts, method, **generate)
+        seeds = [item_seed(seed, item.benchmark, item.id, round_index) for item in items]
+        completions, _ = generate_fn(model, tokenizer, prompts, method, seeds=seeds, **generate)
         for history, completion in zip(rounds, completions, strict=True):
             history.append(completion)
     results = []

@@ -24,6 +24,13 @@ class AdaptiveTemperatureLogitsWarper(LogitsProcessor):
     user processor it runs before ``generate``'s own temperature/top-k/top-p warpers. Each call is
     :func:`em_hf.ops.adaptive_temperature` on the step's scores; the input is not modified.
 
+    Under beam search (``num_beams > 1``) ``generate`` hands processors each beam's log-probabilities
+    (one row per beam) and adds what they return to the beam's running score. Each beam's row gets its
+    own tau, so the beams' scores are rescaled by different factors and beam search with this warper can
+    keep other beams, and return other sequences, than plain beam search (greedy decoding keeps its
+    argmax). Its output (log-probabilities / tau) is not normalized; pass ``renormalize_logits=True`` to
+    ``generate`` so that the beam scores add up log-probabilities of the sharpened distributions.
+
     Parameters:
         {parameters}
 

@@ -14,6 +14,7 @@ from transformers import GenerationConfig, LogitsProcessorList
 from em_hf.generation.decoding import DecodingMethod
 from em_hf.generation.prompts import Prompt, left_pad, render_prompts
 from em_hf.generation.recording import TokenEntropyRecorder, completion_mask
+from em_hf.generation.sampling import SeededRowSampler
 
 __all__ = [
     "Completion",
@@ -103,6 +104,8 @@ class GenerationCall:
             Maximum new tokens per completion.
         seed (`int`):
             The call's seed.
+        seeds (`tuple[int, ...]`, *optional*):
+            One sampling seed per prompt, when the caller gave them.
 
     Examples:
         >>> from em_hf.generation.batched import GenerationCall
@@ -113,6 +116,7 @@ class GenerationCall:
     num_prompts: int
     max_new_tokens: int
     seed: int
+    seeds: tuple[int, ...] | None = None
 
 
 class CompletionGenerator:
@@ -122,9 +126,9 @@ class CompletionGenerator:
     generator instance can serve several calls) and :meth:`generate_chunk`.
 
     Called as ``generator(model, tokenizer, prompts, method, max_new_tokens=64, batch_size=32, seed=0,
-    progress=True)``, it returns ``(completions, wall seconds)``: one :class:`Completion` per prompt, in
-    order. Prompts are rendered by :func:`~em_hf.generation.prompts.render_prompt` (strings as they are,
-    chat messages through the chat template).
+    progress=True, seeds=None)``, it returns ``(completions, wall seconds)``: one :class:`Completion` per
+    prompt, in order. Prompts are rendered by :func:`~em_hf.generation.prompts.render_prompt` (strings as
+    they are, chat messages through the chat template).
 
     Call parameters:
         model (`PreTrainedModel`):
@@ -144,6 +148,10 @@ class CompletionGenerator:
             Seed of the sampling (how it is applied is the backend's: see :meth:`prepare`).
         progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar over the chunks.
+        seeds (`Sequence[int]`, *optional*):
+            One sampling seed per prompt (e.g. :func:`~em_hf.generation.sampling.item_seed`): a sampled
+            prompt's completion then depends on its seed only, not on the batch it lands in or on the
+            other prompts; ignored by greedy methods.
 
     Parameters:
         (none: a backend's constructor takes its own.)
@@ -166,11 +174,21 @@ class CompletionGenerator:
         batch_size: int = 32,
         seed: int = 0,
         progress: bool = True,
+        seeds: Sequence[int] | None = None,
     ) -> tuple[list[Completion], float]:
         if len(prompts) == 0:
             raise ValueError("`prompts` is empty: nothing to generate.")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(
+                f"`seeds` has {len(seeds)} entries for {len(prompts)} prompts: give one per prompt."
+            )
         rows = render_prompts(tokenizer, prompts)
-        call = GenerationCall(num_prompts=len(rows), max_new_tokens=max_new_tokens, seed=seed)
+        call = GenerationCall(
+            num_prompts=len(rows),
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            seeds=None if seeds is None else tuple(int(s) for s in seeds),
+        )
         plan = self.prepare(model, tokenizer, method, call)
         step = self.chunk_size(method, batch_size)
         start = time.perf_counter()
@@ -209,7 +227,10 @@ class TransformersGenerator(CompletionGenerator):
     """Generation with ``model.generate``: prompts left-padded in batches of ``batch_size``, the
     method's logits processors after a :class:`~em_hf.generation.recording.TokenEntropyRecorder` (which
     records the model's own entropy before any processor), ``torch.manual_seed(seed)`` set once before
-    the first batch, so a run is reproducible for a given batch size. The module's
+    the first batch, so a run is reproducible for a given batch size. With ``seeds``, a sampled prompt
+    draws its tokens from its own generator instead
+    (:class:`~em_hf.generation.sampling.SeededRowSampler`, after the method's sampling warpers, with
+    ``generate`` itself greedy), so its completion does not depend on its batch. The module's
     :data:`generate_completions` is an instance; call parameters are :class:`CompletionGenerator`'s.
 
     Parameters:
@@ -235,20 +256,22 @@ class TransformersGenerator(CompletionGenerator):
 
     def prepare(
         self, model, tokenizer, method: DecodingMethod, call: GenerationCall
-    ) -> tuple[GenerationConfig, DecodingMethod]:
+    ) -> tuple[GenerationConfig, DecodingMethod, tuple[int, ...] | None]:
         if tokenizer.pad_token_id is None:
             raise ValueError(
                 "The tokenizer has no pad token, which batched generation needs; set one, e.g. "
                 "`tokenizer.pad_token = tokenizer.eos_token`."
             )
+        row_seeds = call.seeds if method.do_sample else None
         config = GenerationConfig(
             max_new_tokens=call.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=eos_token_ids(model, tokenizer) or None,
-            **method.generation_kwargs(),
+            # per-row sampling: the warpers and the draw are processors, generate takes the argmax of the draw
+            **({"do_sample": False} if row_seeds is not None else method.generation_kwargs()),
         )
         torch.manual_seed(call.seed)
-        return config, method
+        return config, method, row_seeds
 
     def generate_chunk(
         self,
@@ -256,18 +279,24 @@ class TransformersGenerator(CompletionGenerator):
         tokenizer,
         chunk: list[list[int]],
         begin: int,
-        plan: tuple[GenerationConfig, DecodingMethod],
+        plan: tuple[GenerationConfig, DecodingMethod, tuple[int, ...] | None],
     ) -> GeneratedChunk:
-        config, method = plan
+        config, method, row_seeds = plan
         device = next(model.parameters()).device
         input_ids, attention_mask = left_pad(chunk, tokenizer.pad_token_id)
         recorder = TokenEntropyRecorder()
+        processors = [recorder, *method.logits_processors()]
+        if row_seeds is not None:
+            processors += [
+                *method.sampling_warpers(),
+                SeededRowSampler(row_seeds[begin : begin + len(chunk)]),
+            ]
         with torch.no_grad():
             output = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 generation_config=config,
-                logits_processor=LogitsProcessorList([recorder, *method.logits_processors()]),
+                logits_processor=LogitsProcessorList(processors),
             )
         new_tokens = output[:, input_ids.shape[1] :]
         mask = completion_mask(new_tokens, config.eos_token_id).cpu()
@@ -283,4 +312,4 @@ class TransformersGenerator(CompletionGenerator):
 generate_completions = TransformersGenerator()
 """Generate one completion per prompt with ``model.generate``: a :class:`TransformersGenerator`;
 ``generate_completions(model, tokenizer, prompts, method, max_new_tokens=64, batch_size=32, seed=0,
-progress=True)`` returns ``(completions, wall seconds)``."""
+progress=True, seeds=None)`` returns ``(completions, wall seconds)``."""

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from em_hf.generation import AdaptiveTemperatureLogitsWarper, EntropyMinLogitsProcessor
 from em_hf.utils.validation import check_number
@@ -153,6 +153,21 @@ class DecodingMethod:
         """Fresh processor instances for one ``generate`` call."""
         factory = _PROCESSORS[self.base]
         return [] if factory is None else [factory(**self.processor_kwargs)]
+
+    def sampling_warpers(self) -> list[LogitsProcessor]:
+        """The warpers ``generate`` would add for :meth:`generation_kwargs` (temperature, top-k, top-p, in
+        its order), for a caller that samples by itself
+        (:class:`~em_hf.generation.sampling.SeededRowSampler`); none for greedy methods."""
+        if not self.do_sample:
+            return []
+        warpers: list[LogitsProcessor] = []
+        if self.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k:
+            warpers.append(TopKLogitsWarper(top_k=self.top_k))
+        if self.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=self.top_p))
+        return warpers
 
     def generation_kwargs(self) -> dict[str, Any]:
         """The ``generate``/``GenerationConfig`` settings of the method."""

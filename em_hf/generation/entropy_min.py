@@ -30,6 +30,13 @@ class EntropyMinLogitsProcessor(LogitsProcessor):
     (Proposition 1). Each call is :func:`em_hf.ops.em_inf` on the step's scores: every row has its
     own entropy, stop and Adam moments, and the input scores are not modified.
 
+    Under beam search (``num_beams > 1``) ``generate`` hands processors each beam's log-probabilities
+    (one row per beam) and adds what they return to the beam's running score. This processor optimizes
+    every beam's row on its own, so it changes the scores beams are ranked by: beam search with EM-INF
+    can keep other beams, and return other sequences, than plain beam search (greedy decoding keeps its
+    argmax). Its output is not normalized; pass ``renormalize_logits=True`` to ``generate`` so that the
+    beam scores add up log-probabilities of the optimized distributions.
+
     Parameters:
         {parameters}
 

@@ -5,9 +5,11 @@ For hidden states h [..., D], an LM head W [V, D] with optional bias b [V] and a
     z = h @ W.T + b,    p = softmax(z / T)
     H = -sum_v p_v log p_v                                  (the token entropy)
     log p[y] = z_y / T - logsumexp(z / T)                   (when ``labels`` y are given)
+    SC = logsumexp(z / T) - mean(z / T) - log V             (with ``self_certainty``: KL(U || p))
 
     dH/dz_v       = -(1/T) p_v (log p_v + H)
     dlog p[y]/dz_v = (1[v == y] - p_v) / T
+    dSC/dz_v      = (p_v - 1/V) / T
     grad_h = grad_z @ W,   grad_W = grad_z.T @ h,   grad_b = sum over rows of grad_z
 
 This is the loss of EM-FT ("The Unreasonable Effectiveness of Entropy Minimization in LLM
@@ -15,21 +17,27 @@ Reasoning", section 3.1) and of "One-shot Entropy Minimization": the mean entrop
 softmax(logits / T) at the generated positions, where ``[rows, V]`` logits dominate the memory of the
 step (8192 tokens x 49152 vocabulary = 1.5 GiB of float32 logits, and as much again for their
 gradient). Here the rows are processed ``chunk_size`` at a time: each chunk's logits are computed,
-reduced to two floats per row (H and lse) by :func:`em_hf.ops.entropy.entropy_forward` (the compiled
-kernels when available) and dropped. Only ``hidden``, ``weight``, ``bias``, ``labels`` and the
-per-row (H, lse) are saved for backward, which recomputes each chunk's logits. Peak extra memory
+reduced to six floats per row (H, the row maximum and log-sum, the self-certainty, the label
+log-prob, the count of unmasked tokens) by :func:`em_hf.ops.entropy.entropy_forward` (the compiled
+kernels when available) and dropped. Only ``hidden``, ``weight``, ``bias``, ``labels`` and these
+per-row statistics are saved for backward, which recomputes each chunk's logits. Peak extra memory
 therefore grows with ``chunk_size x V``, not ``rows x V``, at the price of one more matmul.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from em_hf.ops._torch_impl import accumulation_dtype
-from em_hf.ops.entropy import entropy_backward, entropy_forward
-from em_hf.utils.validation import check_float_tensor, check_int, check_temperature
+from em_hf.ops._torch_impl import (
+    GRAD_COLUMNS,
+    STAT_COLUMNS,
+    STAT_ENTROPY,
+    STAT_LABEL_LOGPROB,
+    STAT_SELF_CERTAINTY,
+    accumulation_dtype,
+)
+from em_hf.ops.entropy import TokenStatistics, entropy_backward, entropy_forward
+from em_hf.utils.validation import check_float_tensor, check_int, check_labels, check_temperature
 
 __all__ = ["DEFAULT_CHUNK_ELEMENTS", "IGNORE_INDEX", "linear_entropy_loss", "linear_token_entropy"]
 
@@ -53,18 +61,6 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if bias is None:
         return hidden @ weight.T
     return torch.addmm(bias, hidden, weight.T)
-
-
-def _label_logprobs(
-    logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """log softmax(z / T)[y] per row in the accumulation dtype; 0 where y == IGNORE_INDEX, -inf in a
-    row whose logits are all -inf (no mass: every token has probability 0)."""
-    valid = labels != IGNORE_INDEX
-    safe = torch.where(valid, labels, torch.zeros_like(labels))
-    picked = logits.gather(1, safe[:, None]).squeeze(1).to(lse.dtype) / temperature - lse
-    picked = torch.where(torch.isfinite(lse), picked, torch.full_like(picked, -math.inf))
-    return torch.where(valid, picked, torch.zeros_like(picked))
 
 
 def _raise_if_undefined(finite: bool) -> None:
@@ -102,82 +98,61 @@ def _forward_rows(
     labels: torch.Tensor | None,
     temperature: float,
     chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(H, lse, label log-probs or None) for 2-D ``hidden`` [N, D], one chunk of rows at a time."""
+    self_certainty: bool,
+) -> torch.Tensor:
+    """The per-row statistics ``[N, 6]`` (:func:`em_hf.ops.entropy.entropy_forward`) of 2-D
+    ``hidden`` [N, D], one chunk of rows at a time."""
     rows = hidden.shape[0]
-    acc = accumulation_dtype(hidden.dtype)
-    entropy = torch.empty(rows, dtype=acc, device=hidden.device)
-    lse = torch.empty(rows, dtype=acc, device=hidden.device)
-    logprobs = None if labels is None else torch.empty(rows, dtype=acc, device=hidden.device)
+    stats = torch.empty(rows, STAT_COLUMNS, dtype=accumulation_dtype(hidden.dtype), device=hidden.device)
     for start in range(0, rows, chunk_size):
         end = min(start + chunk_size, rows)
         logits = _chunk_logits(hidden[start:end], weight, bias)
-        chunk_entropy, chunk_lse = entropy_forward(logits, temperature)
-        entropy[start:end] = chunk_entropy
-        lse[start:end] = chunk_lse
-        if logprobs is not None:
-            logprobs[start:end] = _label_logprobs(logits, labels[start:end], chunk_lse, temperature)
+        chunk_labels = None if labels is None else labels[start:end]
+        stats[start:end] = entropy_forward(logits, temperature, chunk_labels, self_certainty)
         del logits
-    _raise_if_undefined(bool(torch.isfinite(entropy).all()))
-    return entropy, lse, logprobs
+    _raise_if_undefined(bool(torch.isfinite(stats[:, STAT_ENTROPY]).all()))
+    return stats
+
+
+_OUTPUT_COLUMNS = (STAT_ENTROPY, STAT_SELF_CERTAINTY, STAT_LABEL_LOGPROB)
 
 
 class _LinearTokenEntropy(torch.autograd.Function):
-    """Chunked H (and label log-probs) of softmax((h @ W.T + b) / T); saves no [N, V] tensor."""
+    """Chunked (H, self-certainty, label log-prob) of softmax((h @ W.T + b) / T); saves no [N, V]
+    tensor, only the inputs and six floats per row."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, temperature, chunk_size):
-        entropy, lse, logprobs = _forward_rows(hidden, weight, bias, labels, temperature, chunk_size)
-        ctx.save_for_backward(hidden, weight, bias, labels, entropy, lse)
+    def forward(ctx, hidden, weight, bias, labels, temperature, chunk_size, self_certainty):
+        stats = _forward_rows(hidden, weight, bias, labels, temperature, chunk_size, self_certainty)
+        ctx.save_for_backward(hidden, weight, bias, labels, stats)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
         ctx.set_materialize_grads(False)
-        if logprobs is None:
-            return entropy
-        return entropy, logprobs
+        return tuple(stats[:, column] for column in _OUTPUT_COLUMNS)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_entropy, grad_logprobs=None):
-        hidden, weight, bias, labels, entropy, lse = ctx.saved_tensors
+    def backward(ctx, *output_grads):
+        hidden, weight, bias, labels, stats = ctx.saved_tensors
         temperature, chunk_size = ctx.temperature, ctx.chunk_size
-        if labels is None:
-            grad_logprobs = None
         rows, dtype = hidden.shape[0], hidden.dtype
         acc = accumulation_dtype(dtype)
         grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, *ctx.needs_input_grad[:3])
-        if (grad_entropy is None and grad_logprobs is None) or rows == 0:
+        if all(g is None for g in output_grads) or rows == 0:
             return _finish(grad_hidden, grad_weight, grad_bias, weight, bias)
-
+        grads = torch.zeros(rows, GRAD_COLUMNS, dtype=acc, device=hidden.device)
+        for column, grad in enumerate(output_grads):
+            if grad is not None:
+                grads[:, column] = grad
         for start in range(0, rows, chunk_size):
             end = min(start + chunk_size, rows)
             hidden_chunk = hidden[start:end]
             # Same product as the forward; the entropy math then runs in the accumulation dtype.
             logits = _chunk_logits(hidden_chunk, weight, bias).to(acc)
-            if grad_entropy is not None:
-                grad_logits = entropy_backward(
-                    grad_entropy[start:end].to(acc).contiguous(),
-                    logits,
-                    entropy[start:end],
-                    lse[start:end],
-                    temperature,
-                )
-            else:
-                grad_logits = torch.zeros_like(logits)
-            if grad_logprobs is not None:
-                chunk_labels = labels[start:end]
-                chunk_lse = lse[start:end]
-                # A row whose logits are all -inf (lse = -inf) has p = 0 and, like the entropy, gets no
-                # gradient; it is shifted by 0, not by -inf (which would give NaN).
-                has_mass = torch.isfinite(chunk_lse)
-                valid = (chunk_labels != IGNORE_INDEX) & has_mass
-                scale = torch.where(valid, grad_logprobs[start:end].to(acc), 0.0) / temperature
-                # (onehot - p) / T * grad_lp, with p = exp(z / T - lse), computed in place in `logits`.
-                shift = torch.where(has_mass, chunk_lse, torch.zeros_like(chunk_lse))
-                probs = logits.div_(temperature).sub_(shift[:, None]).exp_()
-                grad_logits.sub_(probs.mul_(scale[:, None]))
-                safe = torch.where(valid, chunk_labels, torch.zeros_like(chunk_labels))
-                grad_logits.scatter_add_(1, safe[:, None], scale[:, None])
+            chunk_labels = None if labels is None else labels[start:end]
+            grad_logits = entropy_backward(
+                grads[start:end], logits, stats[start:end], temperature, chunk_labels
+            )
             del logits
             grad_rows = None if grad_hidden is None else grad_hidden[start:end]
             _add_chunk_grads(grad_logits, hidden_chunk, weight, grad_rows, grad_weight, grad_bias)
@@ -189,7 +164,7 @@ def _finish(grad_hidden, grad_weight, grad_bias, weight, bias):
         grad_weight = grad_weight.to(weight.dtype)
     if grad_bias is not None:
         grad_bias = grad_bias.to(bias.dtype)
-    return grad_hidden, grad_weight, grad_bias, None, None, None
+    return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def _check_inputs(hidden, weight, bias, labels, temperature, chunk_size) -> None:
@@ -231,23 +206,15 @@ def _check_inputs(hidden, weight, bias, labels, temperature, chunk_size) -> None
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, hint=" rows per chunk (or None for the default)")
     if labels is not None:
-        if not isinstance(labels, torch.Tensor):
-            raise TypeError(f"`labels` must be a torch.Tensor or None, got {type(labels).__name__}.")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise TypeError(
-                f"`labels` must be an integer tensor (int64), got {labels.dtype}; use `labels.long()`."
-            )
-        if labels.shape != hidden.shape[:-1]:
-            raise ValueError(
-                f"`labels` must have shape hidden.shape[:-1] = {tuple(hidden.shape[:-1])}, got "
-                f"{tuple(labels.shape)}; pass one label per row of `hidden` (shift them so that label i is "
-                f"the token that follows position i)."
-            )
-        vocab = weight.shape[0]
-        bad = ((labels < 0) | (labels >= vocab)) & (labels != IGNORE_INDEX)
-        if bool(bad.any()):
-            value = labels[bad].flatten()[0].item()
-            raise ValueError(f"`labels` must be in [0, {vocab}) or {IGNORE_INDEX} (ignored), found {value}.")
+        check_labels(
+            labels,
+            tuple(hidden.shape[:-1]),
+            weight.shape[0],
+            IGNORE_INDEX,
+            "hidden.shape[:-1]",
+            hint="; pass one label per row of `hidden` (shift them so that label i is the token that follows "
+            "position i)",
+        )
 
 
 def linear_token_entropy(
@@ -257,7 +224,8 @@ def linear_token_entropy(
     temperature: float = 1.0,
     labels: torch.Tensor | None = None,
     chunk_size: int | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    self_certainty: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | TokenStatistics:
     """Entropy of softmax((hidden @ weight.T + bias) / T) without materializing the logits.
 
     With z = hidden @ weight.T + bias and p = softmax(z / T):
@@ -267,11 +235,13 @@ def linear_token_entropy(
     the token entropy ("The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning",
     eq. 2) that EM-FT (section 3.1) and "One-shot Entropy Minimization" (which uses T = 0.5 inside
     the entropy) minimize at the generated positions, and optionally the log-probabilities of the
-    sampled tokens (for a KL penalty or a sequence log-likelihood). Equal, values and gradients, to
-    ``token_entropy(hidden @ weight.T + bias, T)`` and ``log_softmax(z / T).gather(-1, labels)``.
+    sampled tokens (for a KL penalty or a sequence log-likelihood), and with ``self_certainty`` the
+    term KL(U || p) = logsumexp(z / T) - mean(z / T) - log n (U uniform over the n unmasked tokens;
+    INTUITOR's self-certainty), all from the same pass over each chunk's logits. Equal, values and
+    gradients, to :func:`em_hf.ops.token_statistics` of ``hidden @ weight.T + bias``.
 
     Memory: rows are processed ``chunk_size`` at a time, forward and backward (the backward recomputes
-    each chunk's logits), and only the inputs plus two floats per row are saved for backward, so the
+    each chunk's logits), and only the inputs plus six floats per row are saved for backward, so the
     peak extra memory grows with ``chunk_size x V`` (a few chunk-sized temporaries), not ``rows x V``.
 
     Parameters:
@@ -289,13 +259,17 @@ def linear_token_entropy(
         chunk_size (`int`, *optional*, defaults to `None`):
             Rows per chunk; ``None`` picks about ``3 * 2**24 / V`` rows (192 MiB of float32 logits
             per chunk, a multiple of 16 rows). The logits matmul runs in the input dtype; the
-            entropy, lse and the summed weight/bias gradients are accumulated in float32 (float64
+            statistics and the summed weight/bias gradients are accumulated in float32 (float64
             for float64).
+        self_certainty (`bool`, *optional*, defaults to `False`):
+            Also compute the self-certainty, and return a [`~em_hf.ops.TokenStatistics`].
 
     Returns:
         `torch.Tensor` of shape `hidden.shape[:-1]`: the entropies (float32 for bfloat16/float16
         inputs, otherwise the input dtype), or the pair ``(entropy, label_logprobs)`` when
-        ``labels`` is given. Differentiable with respect to ``hidden``, ``weight`` and ``bias``
+        ``labels`` is given, or ``TokenStatistics(entropy, self_certainty, logprob)`` (``logprob``
+        None without labels) with ``self_certainty=True``. Each output is differentiable with
+        respect to ``hidden``, ``weight`` and ``bias``
         (closed-form, once differentiable).
 
     Raises:
@@ -314,11 +288,14 @@ def linear_token_entropy(
     (torch.Size([2, 5]), torch.Size([2, 5]))
     >>> torch.allclose(entropy, token_entropy(hidden @ weight.T), atol=1e-5)
     True
+    >>> stats = linear_token_entropy(hidden, weight, temperature=0.5, self_certainty=True)
+    >>> bool((stats.self_certainty > 0).all()), stats.logprob is None
+    (True, True)
 
     ```
     """
     _check_inputs(hidden, weight, bias, labels, temperature, chunk_size)
-    temperature = float(temperature)
+    temperature = check_temperature(temperature)
     leading = hidden.shape[:-1]
     rows = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = None if labels is None else labels.reshape(-1).to(torch.int64)
@@ -327,15 +304,18 @@ def linear_token_entropy(
     grad_wanted = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias)
     )
+    args = (rows, weight, bias, flat_labels, temperature, chunk_size, self_certainty)
     if grad_wanted:
-        outputs = _LinearTokenEntropy.apply(rows, weight, bias, flat_labels, temperature, chunk_size)
-        entropy, logprobs = (outputs, None) if labels is None else outputs
+        outputs = _LinearTokenEntropy.apply(*args)
     else:
-        entropy, _, logprobs = _forward_rows(rows, weight, bias, flat_labels, temperature, chunk_size)
-    entropy = entropy.reshape(leading)
+        stats = _forward_rows(*args)
+        outputs = tuple(stats[:, column] for column in _OUTPUT_COLUMNS)
+    entropy, certainty, logprobs = (output.reshape(leading) for output in outputs)
+    if self_certainty:
+        return TokenStatistics(entropy, certainty, None if labels is None else logprobs)
     if labels is None:
         return entropy
-    return entropy, logprobs.reshape(leading)
+    return entropy, logprobs
 
 
 class _LinearEntropyLoss(torch.autograd.Function):
@@ -347,7 +327,7 @@ class _LinearEntropyLoss(torch.autograd.Function):
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         rows, dtype = hidden.shape[0], hidden.dtype
         acc = accumulation_dtype(dtype)
-        total = torch.zeros((), dtype=acc, device=hidden.device)
+        entropies = torch.empty(rows, dtype=acc, device=hidden.device)
         grad_hidden, grad_weight, grad_bias = _grad_buffers(
             hidden, weight, bias, need_hidden, need_weight, need_bias
         )
@@ -355,30 +335,36 @@ class _LinearEntropyLoss(torch.autograd.Function):
             end = min(start + chunk_size, rows)
             hidden_chunk = hidden[start:end]
             logits = _chunk_logits(hidden_chunk, weight, bias)
-            entropy, lse = entropy_forward(logits, temperature)
-            chunk_weights = token_weights[start:end].to(acc).contiguous()
-            total += (chunk_weights * entropy).sum()
+            stats = entropy_forward(logits, temperature)
+            entropies[start:end] = stats[:, STAT_ENTROPY]
             if not (need_hidden or need_weight or need_bias):
                 continue
-            grad_logits = entropy_backward(chunk_weights, logits.to(acc), entropy, lse, temperature)
+            grads = torch.zeros(end - start, GRAD_COLUMNS, dtype=acc, device=hidden.device)
+            grads[:, 0] = token_weights[start:end]
+            grad_logits = entropy_backward(grads, logits.to(acc), stats, temperature)
             del logits
             grad_rows = None if grad_hidden is None else grad_hidden[start:end]
             _add_chunk_grads(grad_logits, hidden_chunk, weight, grad_rows, grad_weight, grad_bias)
-        # NaN/+inf logits make an entropy NaN, hence the sum (the weights are checked to be finite).
-        _raise_if_undefined(bool(torch.isfinite(total)))
-        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
+        _raise_if_undefined(bool(torch.isfinite(entropies).all()))
+        total = (token_weights.to(acc) * entropies).sum()
+        # dL/dw_r = H_r: the token weights get their gradient too (e.g. learned or soft masks).
+        saved = [g for g in (grad_hidden, grad_weight, grad_bias) if g is not None]
+        ctx.save_for_backward(*saved, entropies)
         ctx.present = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
         ctx.dtypes = (dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.weights_dtype = token_weights.dtype
         return total
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        saved = iter(ctx.saved_tensors)
+        *saved, entropies = ctx.saved_tensors
+        saved = iter(saved)
         grads = []
         for present, dtype in zip(ctx.present, ctx.dtypes, strict=True):
             grads.append((next(saved) * grad_output).to(dtype) if present else None)
-        return (*grads, None, None, None)
+        grad_weights = (entropies * grad_output).to(ctx.weights_dtype) if ctx.needs_input_grad[3] else None
+        return (*grads, grad_weights, None, None)
 
 
 def linear_entropy_loss(
@@ -408,7 +394,8 @@ def linear_entropy_loss(
         weight (`torch.Tensor` of shape `(V, D)`):
             The LM head weight (``model.lm_head.weight``), same dtype as ``hidden``.
         token_weights (`torch.Tensor` of shape `hidden.shape[:-1]`):
-            Finite weight w_r of each row's entropy (0 for prompt and padding positions).
+            Finite weight w_r of each row's entropy (0 for prompt and padding positions); when it
+            requires grad it gets dL/dw_r = H_r.
         bias (`torch.Tensor` of shape `(V,)`, *optional*, defaults to `None`):
             The LM head bias, same dtype; a `-inf` entry masks its token.
         temperature (`float`, *optional*, defaults to `1.0`):
@@ -448,7 +435,9 @@ def linear_entropy_loss(
     if chunk_size is None:
         chunk_size = default_chunk_size(weight.shape[0])
     flat_weights = token_weights.reshape(-1)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
-        return _LinearEntropyLoss.apply(rows, weight, bias, flat_weights, float(temperature), chunk_size)
+    temperature = check_temperature(temperature)
+    inputs = (hidden, weight, bias, token_weights)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return _LinearEntropyLoss.apply(rows, weight, bias, flat_weights, temperature, chunk_size)
     with torch.no_grad():
-        return _LinearEntropyLoss.apply(rows, weight, bias, flat_weights, float(temperature), chunk_size)
+        return _LinearEntropyLoss.apply(rows, weight, bias, flat_weights, temperature, chunk_size)

@@ -18,7 +18,13 @@ moments, so a row of a batch gives the same result as the same row alone.
 **Adaptive temperature** (the same paper, Appendix B, Algorithm 1): per row with initial entropy
 H0 > delta, bisect tau in [tau_min, tau_max] until |H(softmax(z / tau)) - H_target| < tol with
 H_target = max(delta, alpha * H0), or until ``max_iter`` bisection steps are done (then the last
-midpoint is used), and return z / tau. Dividing by tau > 0 never reorders the logits.
+midpoint is used), and return m + (z - m) / tau with m the row's maximum: the distribution of
+z / tau, with the top logit kept in place so that the values stay within the input dtype (z / tau
+itself overflows float16 at z = 65000, tau = 0.5). Dividing by tau > 0 never reorders the logits.
+
+**Finite outputs**: both functions return finite values wherever the input is finite, in the
+input's dtype, on every backend; EM-INF raises ``ValueError`` when its steps overflow (a huge
+``lr``) instead of returning +inf.
 
 Backends: the compiled kernels of ``em_hf/ops/csrc`` (CPU, and CUDA where they were built; one
 pass over a row per step) for float32/bfloat16/float16 scores, else PyTorch (float64, other
@@ -145,13 +151,32 @@ def em_inf(
         threshold, n_steps, lr, kl_weight, optimizer
     )
     scores = _checked_scores(scores, "em_inf")
+    if optimizer == "adam" and lr / (1 - _ADAM_BETAS[0]) > torch.finfo(torch.float32).max:
+        _raise_overflow(scores.dtype, lr)  # the first Adam step size, lr / (1 - beta1), is not a float32
     if use_kernels(scores):
         beta1, beta2 = _ADAM_BETAS
         adam = optimizer == "adam"
-        return torch.ops.em_hf.em_inf(
-            scores, threshold, n_steps, lr, kl_weight, adam, beta1, beta2, _ADAM_EPS
-        )
-    return _em_inf_torch(scores, threshold, n_steps, lr, kl_weight, optimizer == "adam")
+        out = torch.ops.em_hf.em_inf(scores, threshold, n_steps, lr, kl_weight, adam, beta1, beta2, _ADAM_EPS)
+    else:
+        out = _em_inf_torch(scores, threshold, n_steps, lr, kl_weight, optimizer == "adam")
+    _raise_if_overflowed(out, scores, lr)
+    return out
+
+
+def _raise_if_overflowed(out: torch.Tensor, scores: torch.Tensor, lr: float) -> None:
+    """EM-INF's steps move a logit by about ``lr`` each: a huge ``lr`` overflows float32 (or the
+    output dtype) and would return +inf or NaN, or turn a finite logit into -inf."""
+    if out is scores:
+        return
+    if not torch.equal(torch.isfinite(out), torch.isfinite(scores)):
+        _raise_overflow(scores.dtype, lr)
+
+
+def _raise_overflow(dtype: torch.dtype, lr: float) -> None:
+    raise ValueError(
+        f"em_inf: the optimized logits overflow {dtype} (`lr`={lr!r}; each step moves a logit by about "
+        "`lr`); use a smaller `lr` (the paper's scripts use 0.1)."
+    )
 
 
 document_parameters(em_inf, EM_INF_PARAMETERS)
@@ -189,6 +214,8 @@ def _em_inf_torch(scores, threshold: float, n_steps: int, lr: float, kl_weight: 
             _adam_step(z, grad, exp_avg, exp_avg_sq, step, lr)
         else:
             z.sub_(lr * grad)
+        if not bool(torch.isfinite(z.amax(dim=-1)).all()):
+            break  # an overflow: the caller raises (the next entropy would be undefined)
 
     finished_rows.append(rows)
     finished_z.append(z)
@@ -301,12 +328,19 @@ def _temperatures_torch(scores, alpha, threshold, tau_min, tau_max, max_iter: in
 
 
 def _divide_rows(scores: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """scores / tau row by row in the accumulation dtype; rows with tau == 1 are not touched."""
+    """m + (z - m) / tau row by row (m the row's maximum) in the accumulation dtype; rows with
+    tau == 1 are not touched. softmax of the result is softmax(z / tau) (a shift changes nothing),
+    the top logit stays where it was and nothing overflows: an entry pushed below the dtype's
+    lowest finite value is clamped to it (its probability is 0 either way), -inf stays -inf."""
     changed = tau != 1.0
     if not bool(changed.any()):
         return scores
     out = scores.clone()
     work_dtype = accumulation_dtype(scores.dtype)
-    scaled = scores[changed].to(work_dtype) / tau[changed].to(work_dtype).unsqueeze(-1)
+    rows = scores[changed].to(work_dtype)
+    row_max = rows.amax(dim=-1, keepdim=True)
+    scaled = row_max + (rows - row_max) / tau[changed].to(work_dtype).unsqueeze(-1)
+    lowest = torch.finfo(scores.dtype).min
+    scaled = torch.where(rows == -math.inf, rows, scaled.clamp_min(lowest))
     out[changed] = scaled.to(scores.dtype)
     return out

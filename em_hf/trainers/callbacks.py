@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from em_hf.utils.files import replace_folder
 from em_hf.utils.validation import check_int
 
 __all__ = ["BenchmarkEarlyStoppingCallback", "BenchmarkRecord"]
@@ -177,10 +179,16 @@ class BenchmarkEarlyStoppingCallback(TrainerCallback):
                 if param.requires_grad
             }
             if self.save_best and state.is_world_process_zero:
-                target = self.best_dir or os.path.join(args.output_dir, "best_checkpoint")
-                model.save_pretrained(target)
+                target = os.path.abspath(self.best_dir or os.path.join(args.output_dir, "best_checkpoint"))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                # written beside the target, then swapped in: a crash never leaves a half-saved best model
+                staging = tempfile.mkdtemp(
+                    prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target)
+                )
+                model.save_pretrained(staging)
                 if tokenizer is not None:
-                    tokenizer.save_pretrained(target)
+                    tokenizer.save_pretrained(staging)
+                replace_folder(staging, target)
         else:
             self._evaluations_since_best += 1
             if self.patience is not None and self._evaluations_since_best >= self.patience:

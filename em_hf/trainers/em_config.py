@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from em_hf.utils.validation import check_int, check_number
+from em_hf.utils.validation import check_generation_kwargs, check_int, check_number
 
 __all__ = ["LOSS_NORMALIZATIONS", "EntropyMinConfig"]
 
@@ -269,6 +269,8 @@ class EntropyMinConfig(TrainingArguments):
         )
         check_int("top_k", self.top_k, minimum=0, hint=" (0 disables top-k)")
         check_number("beta", self.beta, low=0.0, hint=" (the KL weight)")
+        if not self.use_vllm:  # with vLLM they are SamplingParams fields, which vLLM checks
+            check_generation_kwargs("generation_kwargs", self.generation_kwargs)
         if self.use_vllm:
             from em_hf.trainers.vllm_rollouts import check_vllm_available, check_vllm_mode
 

@@ -34,6 +34,7 @@ from transformers.utils import is_peft_available
 from em_hf.generation.prompts import Prompt, left_pad, render_prompt, render_prompts
 from em_hf.generation.recording import completion_mask as completion_mask_from_ids
 from em_hf.models import prepare_tokenizer
+from em_hf.trainers.checkpoints import CompleteCheckpointsMixin
 from em_hf.trainers.em_config import EntropyMinConfig
 from em_hf.trainers.em_loss import (
     check_completion_batch,
@@ -43,6 +44,7 @@ from em_hf.trainers.em_loss import (
     reference_token_logps,
 )
 from em_hf.utils.quiet import training_warnings_filtered
+from em_hf.utils.validation import check_generation_kwargs, check_pad_token_id, check_prompt_dataset
 
 __all__ = ["EntropyMinTrainer"]
 
@@ -96,13 +98,7 @@ def _as_prompt_dataset(dataset: Any, name: str):
         raise TypeError(
             f"`{name}` must be a datasets.Dataset or a list of prompts, got {type(dataset).__name__}."
         )
-    if "prompt" not in dataset.column_names:
-        raise ValueError(
-            f"`{name}` has no 'prompt' column (columns: {dataset.column_names}); rename the column holding "
-            "the prompts, e.g. `dataset.rename_column('question', 'prompt')`."
-        )
-    if len(dataset) == 0:
-        raise ValueError(f"`{name}` is empty: give at least one prompt.")
+    check_prompt_dataset(dataset, name)
     return dataset
 
 
@@ -117,7 +113,7 @@ def _repeat_group_size(rows: Sequence[Sequence[int]], num_generations: int) -> i
     return 1
 
 
-class EntropyMinTrainer(Trainer):
+class EntropyMinTrainer(CompleteCheckpointsMixin, Trainer):
     """Unsupervised fine-tuning by token-entropy minimization on the model's own samples.
 
     EM-FT (Unreasonable Effectiveness of EM, sec. 3.1) and one-shot EM (One-shot EM, sec. 2) differ only in
@@ -210,6 +206,7 @@ class EntropyMinTrainer(Trainer):
         self._check_tokenizer(processing_class)
         # Left padding recorded in the tokenizer, so that `save_model` writes one that reloads with it.
         prepare_tokenizer(processing_class)
+        check_pad_token_id(processing_class, model)
         if peft_config is not None:
             model = self._wrap_peft(model, peft_config, args)
         train_dataset = _as_prompt_dataset(train_dataset, "train_dataset")
@@ -310,6 +307,7 @@ class EntropyMinTrainer(Trainer):
             "eos_token_id": tokenizer.eos_token_id,
         }
         if not args.use_vllm:  # with vLLM they are SamplingParams fields (trl's convention)
+            check_generation_kwargs("generation_kwargs", args.generation_kwargs)  # mutated after __init__?
             values.update(args.generation_kwargs or {})
         return GenerationConfig(**values)
 

@@ -3,15 +3,28 @@ Unreasonable Effectiveness of EM, sec. 3.2)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl import RLOOConfig
 
-__all__ = ["EM_REWARDS", "EMRLOOConfig"]
+from em_hf.utils.validation import check_choice, check_generation_kwargs, check_number
+
+__all__ = ["EM_REWARDS", "LABEL_FREE_REWARDS", "EMRLOOConfig"]
 
 EM_REWARDS = ("token", "sequence")
+# The label-free rewards EMRLOOTrainer computes from its own scoring pass (em_hf.rewards):
+# self_certainty (INTUITOR), mean_entropy (RENT), token_entropy (EM-RL-token), sequence_logprob
+# (EM-RL-sequence), semantic_entropy (EMPO).
+LABEL_FREE_REWARDS = (
+    "self_certainty",
+    "mean_entropy",
+    "token_entropy",
+    "sequence_logprob",
+    "semantic_entropy",
+)
 
 # The paper's EM-RL setup (Unreasonable Effectiveness of EM, sec. 3.3 "Training data, models, and
 # methods"): "We set the number of rollouts to N=4, batch size to 512, learning rate to 1e-6. We use a
@@ -47,6 +60,19 @@ class EMRLOOConfig(RLOOConfig):
         em_reward_weight (`float`, *optional*, defaults to `1.0`):
             Weight of the EM reward in the weighted sum of rewards (the user's reward functions are
             weighted by ``reward_weights``). 0 keeps it as a logged metric only.
+
+        label_free_rewards (`dict[str, float]`, *optional*):
+            More label-free rewards, by name, with their weights in the weighted sum, each logged by trl
+            as its own reward function (``rewards/<name>/mean``) and computed from the trainer's own
+            scoring pass (:mod:`em_hf.rewards`): ``"self_certainty"`` (INTUITOR: mean KL(U || p) over the
+            completion tokens), ``"mean_entropy"`` (RENT: minus the mean token entropy),
+            ``"token_entropy"`` (EM-RL-token: minus the summed entropy), ``"sequence_logprob"``
+            (EM-RL-sequence: log pi(y)), ``"semantic_entropy"`` (EMPO: share of the group in the
+            completion's answer cluster; the group's cluster entropy is logged as
+            ``semantic_entropy/cluster_entropy``). E.g. ``{"self_certainty": 1.0, "token_entropy": 0.5}``.
+        format_penalty (`float`, *optional*, defaults to `0.0`):
+            RENT's option: subtracted from ``"mean_entropy"`` for a completion without an extractable
+            final answer (>= 0).
 
         vllm_engine_kwargs (`dict[str, Any]`, *optional*):
             With ``use_vllm=True, vllm_mode="colocate"``: extra ``vllm.LLM`` arguments for trl's call, e.g.
@@ -89,6 +115,20 @@ class EMRLOOConfig(RLOOConfig):
         metadata={"help": "Weight of the EM reward in the weighted sum of rewards."},
     )
 
+    label_free_rewards: dict[str, float] | None = field(
+        default=None,
+        metadata={
+            "help": "Label-free rewards and their weights, e.g. {'self_certainty': 1.0, "
+            f"'token_entropy': 0.5}}; names: {', '.join(LABEL_FREE_REWARDS)}.",
+        },
+    )
+    format_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "RENT's format penalty for 'mean_entropy': subtracted when a completion has no answer."
+        },
+    )
+
     vllm_engine_kwargs: dict[str, Any] | None = field(
         default=None,
         metadata={
@@ -118,13 +158,33 @@ class EMRLOOConfig(RLOOConfig):
             or not math.isfinite(self.em_reward_weight)
         ):
             raise ValueError(f"`em_reward_weight` must be a finite number, got {self.em_reward_weight!r}.")
+        self._check_label_free_rewards()
         if self.num_generations is None or self.num_generations < 2:
             raise ValueError(
                 f"`num_generations` must be >= 2 for the RLOO leave-one-out baseline (the mean reward of the "
                 f"other completions of the same prompt), got {self.num_generations!r}; the paper uses 4 "
                 "(EMRLOOConfig.paper())."
             )
+        if not self.use_vllm:  # with vLLM they are SamplingParams fields, which vLLM checks
+            check_generation_kwargs("generation_kwargs", self.generation_kwargs)
         super().__post_init__()
+
+    def _check_label_free_rewards(self) -> None:
+        rewards = self.label_free_rewards
+        if isinstance(rewards, str):  # the CLI passes JSON
+            rewards = json.loads(rewards)
+        if rewards is not None:
+            if not isinstance(rewards, dict) or not rewards:
+                raise ValueError(
+                    "`label_free_rewards` must be a non-empty dict {name: weight}, e.g. "
+                    f"{{'self_certainty': 1.0, 'token_entropy': 0.5}}, got {self.label_free_rewards!r}."
+                )
+            for name, weight in rewards.items():
+                check_choice("label_free_rewards key", name, LABEL_FREE_REWARDS)
+                check_number(f"label_free_rewards[{name!r}]", weight)
+            rewards = {name: float(weight) for name, weight in rewards.items()}
+        self.label_free_rewards = rewards
+        check_number("format_penalty", self.format_penalty, low=0.0)
 
     @classmethod
     def paper(cls, em_reward: str | None = "token", **overrides: Any) -> EMRLOOConfig:

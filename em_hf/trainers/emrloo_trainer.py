@@ -54,9 +54,20 @@ from trl import RLOOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from em_hf.models import prepare_tokenizer
-from em_hf.rewards import sequence_logprob_reward, token_entropy_reward
+from em_hf.ops import linear_token_entropy
+from em_hf.rewards import (
+    completion_text,
+    mean_entropy_reward,
+    self_certainty_reward,
+    semantic_entropy_rewards_and_entropies,
+    sequence_logprob_reward,
+    token_entropy_reward,
+)
+from em_hf.trainers.checkpoints import CompleteCheckpointsMixin
 from em_hf.trainers.emrloo_config import EM_REWARDS, EMRLOOConfig
+from em_hf.utils.answers import extract_answer
 from em_hf.utils.quiet import training_warnings_filtered
+from em_hf.utils.validation import check_generation_kwargs, check_pad_token_id, check_prompt_dataset
 
 __all__ = ["SUPPORTED_TRL", "EMRLOOTrainer", "check_trl_version"]
 
@@ -95,6 +106,22 @@ class _PolicyScores:
     entropies: torch.Tensor  # [B, C] H(pi(. | x, y_<t)); 0 where mask is 0
     mask: torch.Tensor  # [B, C] completion mask (1 through the first EOS)
     completion_ids: torch.Tensor  # [B, C] the completion tokens that were scored
+    self_certainty: torch.Tensor | None = None  # [B, C] KL(U || pi(. | x, y_<t)), when requested
+
+
+class _LabelFreeReward:
+    """One of ``args.label_free_rewards`` as a trl reward function (trl weights, logs and gathers
+    it under its name); computed by the trainer from the captured scores or the completions."""
+
+    def __init__(self, trainer: EMRLOOTrainer, name: str) -> None:
+        self._trainer = weakref.ref(trainer)
+        self.__name__ = name
+
+    def __call__(self, prompts: list, completions: list, completion_ids: list[list[int]], **kwargs: Any):
+        trainer = self._trainer()
+        if trainer is None:
+            raise RuntimeError("the EMRLOOTrainer that owns this reward no longer exists.")
+        return trainer._label_free_rewards(self.__name__, prompts, completions, completion_ids)
 
 
 class _EMReward:
@@ -131,7 +158,7 @@ def _vllm_generation_patch(args: EMRLOOConfig):
         rloo_trainer.VLLMGeneration = original
 
 
-class EMRLOOTrainer(RLOOTrainer):
+class EMRLOOTrainer(CompleteCheckpointsMixin, RLOOTrainer):
     r"""``trl.RLOOTrainer`` whose reward is the EM-RL negative entropy (Unreasonable Effectiveness of EM,
     sec. 3.2).
 
@@ -153,6 +180,11 @@ class EMRLOOTrainer(RLOOTrainer):
             format), the tokenizer, the reward models' tokenizers (the EM reward needs none).
         callbacks, optimizers, quantization_config, peft_config:
             As in ``trl.RLOOTrainer``; with ``peft_config`` the KL reference is the adapter-free model.
+
+    ``args.label_free_rewards`` adds INTUITOR's self-certainty, RENT's mean entropy, EMPO's semantic
+    entropy and the EM rewards by name, each a reward function of its own, computed from the same
+    scoring pass (the self-certainty from its final hidden states through the LM head: no second
+    forward) and logged as ``rewards/<name>/mean``.
 
     The EM reward appears in trl's logs as ``rewards/em_token/mean`` (or ``em_sequence``). How the
     reward reuses trl's scoring forward, and which trl internals that relies on: see the module
@@ -212,17 +244,28 @@ class EMRLOOTrainer(RLOOTrainer):
         if args.em_reward is not None and args.em_reward not in EM_REWARDS:  # mutated after __post_init__
             raise ValueError(f"`args.em_reward` must be one of {EM_REWARDS} or None, got {args.em_reward!r}.")
 
+        check_prompt_dataset(train_dataset, "train_dataset")
+        if isinstance(eval_dataset, dict):
+            for key, value in eval_dataset.items():
+                check_prompt_dataset(value, f"eval_dataset[{key!r}]")
+        else:
+            check_prompt_dataset(eval_dataset, "eval_dataset")
+        if not args.use_vllm:  # with vLLM they are SamplingParams fields
+            check_generation_kwargs("generation_kwargs", args.generation_kwargs)
+
         if reward_funcs is None:
             user_funcs = []
         elif isinstance(reward_funcs, list):
             user_funcs = list(reward_funcs)
         else:
             user_funcs = [reward_funcs]
-        if args.em_reward is None and not user_funcs:
+        label_free = dict(args.label_free_rewards or {})
+        if args.em_reward is None and not user_funcs and not label_free:
             raise ValueError(
-                "No reward: `args.em_reward` is None and `reward_funcs` is empty. Set em_reward='token' or "
-                "'sequence' (EM-RL), or pass reward_funcs (e.g. em_hf.rewards.self_consistency_reward for "
-                "SC-RL)."
+                "No reward: `args.em_reward` is None and `reward_funcs` and `args.label_free_rewards` are "
+                "empty. Set em_reward='token' or 'sequence' (EM-RL), label_free_rewards (e.g. "
+                "{'self_certainty': 1.0}), or pass reward_funcs (e.g. em_hf.rewards.self_consistency_reward "
+                "for SC-RL)."
             )
         if (
             args.beta != 0.0
@@ -253,10 +296,13 @@ class EMRLOOTrainer(RLOOTrainer):
         funcs = list(user_funcs)
         if reward_processing_classes is not None and not isinstance(reward_processing_classes, list):
             reward_processing_classes = [reward_processing_classes]
-        if self._em_kind is not None:
-            funcs.append(_EMReward(self, self._em_kind))
-            if reward_processing_classes is not None:
-                reward_processing_classes = [*reward_processing_classes, None]
+        self._label_free = label_free
+        self._format_penalty = float(args.format_penalty)
+        extra = [_EMReward(self, self._em_kind)] if self._em_kind is not None else []
+        extra += [_LabelFreeReward(self, name) for name in label_free]
+        funcs.extend(extra)
+        if reward_processing_classes is not None:
+            reward_processing_classes = [*reward_processing_classes, *([None] * len(extra))]
 
         # trl checks len(reward_weights) == len(reward_funcs) in __init__; the EM weight is appended
         # below, so hide the user's weights from it for the duration of the call.
@@ -284,10 +330,14 @@ class EMRLOOTrainer(RLOOTrainer):
         # trl pads on the left at run time; record it in the tokenizer so that `save_model` writes a
         # tokenizer that reloads with left padding (batched generate needs it).
         prepare_tokenizer(self.processing_class)
+        check_pad_token_id(self.processing_class, self.accelerator.unwrap_model(self.model))
         weights = list(user_weights) if user_weights is not None else [1.0] * len(user_funcs)
         if self._em_kind is not None:
             weights.append(float(args.em_reward_weight))
+        weights += list(label_free.values())
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+        if "self_certainty" in label_free:
+            _check_plain_lm_head(self.model)
 
     # ---- The hook: capture the sampling policy's scores of the completions (trl's own forward). ----
 
@@ -300,7 +350,7 @@ class EMRLOOTrainer(RLOOTrainer):
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """trl's generate-and-score step, with the hook armed for its first policy scoring call."""
-        self._em_armed = self._em_kind is not None
+        self._em_armed = self._em_kind is not None or bool(set(self._label_free) & _PER_TOKEN_REWARDS)
         self._em_scores = None
         try:
             return super()._generate_and_score_completions(inputs)
@@ -325,28 +375,68 @@ class EMRLOOTrainer(RLOOTrainer):
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
             )
         self._em_armed = False  # only the first call (the sampling policy), never the PEFT reference
-        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, logits_to_keep, batch_size, True, **kwargs
+        hidden: list[torch.Tensor] = []
+        capture = (
+            _capture_final_hidden_states(self.accelerator.unwrap_model(model), hidden)
+            if "self_certainty" in self._label_free
+            else contextlib.nullcontext()
         )
+        with capture:
+            logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, True, **kwargs
+            )
         if entropies is None or logps.shape != entropies.shape or logps.shape[-1] != logits_to_keep:
             raise _contract_error(
                 "_get_per_token_logps_and_entropies(compute_entropy=True) returned no entropies"
             )
+        mask = attention_mask[:, -logits_to_keep:].detach()
+        completion_ids = input_ids[:, -logits_to_keep:].detach()
+        certainty = None
+        if hidden:
+            certainty = self._self_certainty(model, hidden, completion_ids, mask, logits_to_keep)
         self._em_scores = _PolicyScores(
             logps=logps.detach(),
             entropies=entropies.detach(),
-            mask=attention_mask[:, -logits_to_keep:].detach(),
-            completion_ids=input_ids[:, -logits_to_keep:].detach(),
+            mask=mask,
+            completion_ids=completion_ids,
+            self_certainty=certainty,
         )
         return logps, (entropies if compute_entropy else None), aux_loss
 
     def _em_rewards(self, completion_ids: list[list[int]]) -> list[float | None]:
         """r_tok or r_seq of the local completions from the captured scores; None (trl: "unscorable")
         for a completion whose mask is empty (``mask_truncated_completions`` zeroes truncated ones)."""
+        return self._per_token_rewards(
+            "token_entropy" if self._em_kind == "token" else "sequence_logprob", completion_ids, None
+        )
+
+    def _label_free_rewards(
+        self, name: str, prompts: list, completions: list, completion_ids: list[list[int]]
+    ) -> list[float | None]:
+        """One of ``args.label_free_rewards`` for the local completions: the per-token ones from the
+        captured scores, ``semantic_entropy`` from the completions' answers (its mean group cluster
+        entropy goes to the logs)."""
+        if name == "semantic_entropy":
+            rewards, entropies = semantic_entropy_rewards_and_entropies(
+                prompts, completions, self.num_generations
+            )
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["semantic_entropy/cluster_entropy"].append(
+                sum(entropies) / max(len(entropies), 1)
+            )
+            return rewards
+        has_answer = None
+        if name == "mean_entropy" and self._format_penalty:
+            has_answer = torch.tensor([extract_answer(completion_text(c)) is not None for c in completions])
+        return self._per_token_rewards(name, completion_ids, has_answer)
+
+    def _per_token_rewards(
+        self, name: str, completion_ids: list[list[int]], has_answer: torch.Tensor | None
+    ) -> list[float | None]:
         scores = self._em_scores
         if scores is None:
             raise _contract_error(
-                "the EM reward was requested but the sampling policy's scoring forward was not captured "
+                "a per-token reward was requested but the sampling policy's scoring forward was not captured "
                 "(expected a _get_per_token_logps_and_entropies call on self.model before the reward "
                 "functions)"
             )
@@ -364,8 +454,77 @@ class EMRLOOTrainer(RLOOTrainer):
                     f"completion {i}: the scored tokens/mask do not match the completion passed to the "
                     f"reward functions ({lengths[i]} masked-in tokens, {len(ids)} completion tokens)"
                 )
-        if self._em_kind == "token":
+        if name == "token_entropy":
             rewards = token_entropy_reward(scores.entropies, mask)
-        else:
+        elif name == "sequence_logprob":
             rewards = sequence_logprob_reward(scores.logps, mask)
+        elif name == "mean_entropy":
+            rewards = mean_entropy_reward(scores.entropies, mask, has_answer, self._format_penalty)
+        else:
+            rewards = self_certainty_reward(scores.self_certainty, mask)
         return [None if n == 0 else float(r) for r, n in zip(rewards.tolist(), lengths, strict=True)]
+
+    def _self_certainty(
+        self,
+        model: Any,
+        hidden: list[torch.Tensor],
+        completion_ids: torch.Tensor,
+        mask: torch.Tensor,
+        logits_to_keep: int,
+    ) -> torch.Tensor:
+        """KL(U || pi(. | x, y_<t)) at the completion positions from the backbone's final hidden states
+        of the scoring forward (no second forward): :func:`em_hf.ops.linear_token_entropy` over the LM
+        head at the sampling temperature, the same fused pass that gives the entropy."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        head = unwrapped.get_output_embeddings()
+        states = torch.cat([h[:, -logits_to_keep - 1 : -1] for h in hidden], dim=0)
+        states = states.to(device=head.weight.device, dtype=head.weight.dtype)
+        labels = completion_ids.masked_fill(mask == 0, -100).to(head.weight.device)
+        with torch.no_grad():
+            stats = linear_token_entropy(
+                states, head.weight, head.bias, self.temperature, labels=labels, self_certainty=True
+            )
+        return stats.self_certainty.masked_fill(mask == 0, 0.0).to(mask.device)
+
+
+_PER_TOKEN_REWARDS = {"self_certainty", "mean_entropy", "token_entropy", "sequence_logprob"}
+
+
+def _backbone(model: Any) -> Any:
+    """The module whose output holds the final hidden states trl's fused LM head projects."""
+    base = model.get_base_model() if is_peft_model(model) else model
+    return base.base_model
+
+
+@contextlib.contextmanager
+def _capture_final_hidden_states(model: Any, into: list[torch.Tensor]):
+    """Append the backbone's ``last_hidden_state`` of every forward inside the block to ``into``."""
+
+    def hook(module, args, output):
+        states = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        into.append(states.detach())
+
+    handle = _backbone(model).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _check_plain_lm_head(model: Any) -> None:
+    """The self-certainty is computed from the final hidden states through the LM head weight and
+    bias: a model whose logits are further scaled or soft-capped would need those steps too."""
+    config = model.config.get_text_config()
+    for name in (
+        "final_logit_softcapping",
+        "logit_scale",
+        "output_multiplier",
+        "lm_head_multiplier",
+        "logits_scaling",
+    ):
+        if getattr(config, name, None) not in (None, 1.0):
+            raise ValueError(
+                "label_free_rewards 'self_certainty' projects the final hidden states through the LM head, "
+                f"but this model's config sets `{name}`={getattr(config, name)!r}, which em_hf's LM-head "
+                "statistics do not apply; use 'mean_entropy' or 'token_entropy' (trl's own entropies)."
+            )

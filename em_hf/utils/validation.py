@@ -8,19 +8,25 @@ accept NaN or infinities.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
 
 __all__ = [
+    "MIN_TEMPERATURE",
     "check_adaptive_temperature_arguments",
     "check_choice",
     "check_em_inf_arguments",
     "check_finite_scores",
     "check_float_tensor",
+    "check_generation_kwargs",
     "check_int",
+    "check_labels",
     "check_number",
+    "check_pad_token_id",
     "check_positive_int",
+    "check_prompt_dataset",
     "check_scores",
     "check_temperature",
     "is_real_number",
@@ -96,11 +102,12 @@ def check_adaptive_temperature_arguments(
     alpha: float, threshold: float, tau_min: float, tau_max: float, max_iter: int, tol: float
 ) -> tuple[float, float, float, float, int, float]:
     """The settings of adaptive temperature, checked and normalized (numbers as ``float``):
-    0 < alpha <= 1, threshold >= 0, 0 < tau_min < tau_max, max_iter >= 1, tol > 0."""
+    0 < alpha <= 1, threshold >= 0, MIN_TEMPERATURE <= tau_min < tau_max (temperatures),
+    max_iter >= 1, tol > 0."""
     alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True)
     threshold = check_number("threshold", threshold, low=0.0)
-    low = check_number("tau_min", tau_min, low=0.0, low_open=True)
-    high = check_number("tau_max", tau_max, low=0.0, low_open=True)
+    low = check_temperature(tau_min, name="tau_min")
+    high = check_temperature(tau_max, name="tau_max")
     if low >= high:
         raise ValueError(f"`tau_min` ({tau_min}) must be smaller than `tau_max` ({tau_max}).")
     return (
@@ -113,20 +120,87 @@ def check_adaptive_temperature_arguments(
     )
 
 
-def check_temperature(temperature: Any, *, allow_tensor: bool = False, name: str = "temperature") -> None:
-    """A temperature is a finite number > 0. With ``allow_tensor`` it may also be a floating tensor
-    (one temperature per row, broadcast against the logits) whose every entry is finite and > 0."""
+# The smallest temperature the ops accept: 1/T stays finite in float32 and the entropy gradient
+# (1/T) p (log p + H), at most (1/T)(1/e + log V), stays below float32's maximum for any V < 2**31.
+MIN_TEMPERATURE = 1e-37
+
+
+def _real_scalar(value: Any) -> float | None:
+    """``float(value)`` for a real scalar that is not a bool (Python and NumPy ints and floats);
+    None for anything else."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # Python and NumPy bools
+        return None
+    return float(value) if isinstance(value, numbers.Real) else None
+
+
+def _check_temperature_value(name: str, value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+    if value < MIN_TEMPERATURE:
+        raise ValueError(
+            f"`{name}` must be >= {MIN_TEMPERATURE:g}, got {value!r}: below it 1/{name} overflows the "
+            "float32 entropy gradient. Use a larger value (the ops subtract each row's maximum first, so "
+            "any value from there on is computed exactly)."
+        )
+    return value
+
+
+def check_temperature(
+    temperature: Any,
+    *,
+    name: str = "temperature",
+    per_row: tuple[int, ...] | None = None,
+    differentiable: bool = False,
+) -> float | torch.Tensor:
+    """Check a temperature and return it normalized: a ``float``, or a tensor where one is allowed.
+
+    One rule for every op and processor: a temperature is a real number > 0 and >=
+    ``MIN_TEMPERATURE`` (Python or NumPy ``int``/``float``, or a 0-dim tensor; never a ``bool``).
+    ``per_row`` (the logits' leading shape) also admits a floating tensor broadcastable to
+    ``per_row + (1,)``, one temperature per row. A tensor that requires grad is admitted only where
+    the op differentiates through it (``differentiable``); elsewhere it would silently get no
+    gradient, so it is refused. Each cause has its own message naming the argument and the fix.
+    """
     if isinstance(temperature, torch.Tensor):
-        if not allow_tensor:
-            raise TypeError(f"`{name}` must be a Python number here, got a tensor; pass `float({name})`.")
         if not temperature.is_floating_point():
-            raise TypeError(f"`{name}` must be a floating-point tensor, got {temperature.dtype}.")
-        if not bool(torch.all(torch.isfinite(temperature) & (temperature > 0))):
-            raise ValueError(f"`{name}` must be finite and > 0 in every entry.")
-        return
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-        raise TypeError(f"`{name}` must be a number, got {type(temperature).__name__}.")
-    check_number(name, temperature, low=0.0, low_open=True)
+            raise TypeError(
+                f"`{name}` must be a floating-point tensor, got {temperature.dtype}; use `{name}.float()`."
+            )
+        if temperature.requires_grad and not differentiable:
+            raise ValueError(
+                f"`{name}` requires grad, but this op gives it no gradient; pass `{name}.detach()` (or use "
+                f"`token_entropy`, which differentiates through a tensor `{name}`)."
+            )
+        if temperature.dim() == 0 and not temperature.requires_grad:
+            return _check_temperature_value(name, float(temperature))
+        if per_row is None:
+            raise TypeError(
+                f"`{name}` must be one number here, got a tensor of shape {tuple(temperature.shape)}; this "
+                f"op takes one temperature for all rows (`float({name})` for a single value)."
+            )
+        target = (*tuple(per_row or ()), 1)
+        try:
+            fits = torch.broadcast_shapes(tuple(temperature.shape), target) == target
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"`{name}` of shape {tuple(temperature.shape)} does not broadcast to the logits' rows "
+                f"{target}; give one temperature per row, shape {target}."
+            )
+        values = temperature.detach()
+        if not bool(torch.isfinite(values).all() & (values > 0).all()):
+            raise ValueError(f"`{name}` must be a finite number > 0 in every entry.")
+        if bool((values < MIN_TEMPERATURE).any()):
+            _check_temperature_value(name, float(values.min()))
+        return temperature
+    value = _real_scalar(temperature)
+    if value is None:
+        raise TypeError(
+            f"`{name}` must be a real number, got {type(temperature).__name__} {temperature!r}"
+            + ("; a bool is not a temperature, pass e.g. 1.0." if isinstance(temperature, bool) else ".")
+        )
+    return _check_temperature_value(name, value)
 
 
 def check_float_tensor(value: Any, name: str) -> None:
@@ -158,3 +232,78 @@ def check_finite_scores(scores: torch.Tensor, owner: str) -> None:
             f"{owner} received scores containing NaN or +inf, for which the entropy is undefined; check the "
             "model's dtype (fp16 overflow) or a preceding logits processor."
         )
+
+
+def check_labels(
+    labels: Any, shape: tuple[int, ...], vocab: int, ignore_index: int, shape_name: str, hint: str = ""
+) -> None:
+    """Token labels: an integer tensor of ``shape`` (described as ``shape_name``) with values in
+    ``[0, vocab)`` or ``ignore_index`` (``hint`` is appended to the shape message)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor or None, got {type(labels).__name__}.")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(
+            f"`labels` must be an integer tensor (int64), got {labels.dtype}; use `labels.long()`."
+        )
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(
+            f"`labels` must have shape {shape_name} = {tuple(shape)}, got {tuple(labels.shape)}{hint}."
+        )
+    bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
+    if bool(bad.any()):
+        value = labels[bad].flatten()[0].item()
+        raise ValueError(f"`labels` must be in [0, {vocab}) or {ignore_index} (ignored), found {value}.")
+
+
+def check_generation_kwargs(name: str, kwargs: Any) -> None:
+    """``kwargs`` must be a dict whose keys are ``transformers.GenerationConfig`` fields (``GenerationConfig``
+    itself keeps unknown keys as attributes that nothing reads, so a typo would pass silently)."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"`{name}` must be a dict of GenerationConfig fields, got {type(kwargs).__name__}.")
+    import difflib
+
+    from transformers import GenerationConfig
+
+    known = set(GenerationConfig().to_dict()) - {"transformers_version", "_from_model_config"}
+    unknown = sorted(str(key) for key in kwargs if key not in known)
+    if unknown:
+        hints = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+        suggestions = ", ".join(f"{key!r} -> {match[0]!r}" for key, match in hints.items() if match)
+        raise ValueError(
+            f"`{name}` has keys that are not transformers.GenerationConfig fields: {unknown}"
+            + (f" (did you mean {suggestions}?)" if suggestions else "")
+            + "; see the GenerationConfig documentation for the fields."
+        )
+
+
+def check_pad_token_id(tokenizer: Any, model: Any) -> None:
+    """The tokenizer's pad token id must index a row of the model's input embeddings (an id outside it
+    fails deep inside the embedding lookup with ``IndexError: index out of range in self``)."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if pad is None or rows is None:
+        return
+    if not 0 <= int(pad) < rows:
+        raise ValueError(
+            f"The tokenizer's pad token id {pad} is outside the model's vocabulary ({rows} embedding rows). "
+            "Use a token the model has (e.g. `tokenizer.pad_token = tokenizer.eos_token`), or resize the "
+            "embeddings after adding one: `model.resize_token_embeddings(len(tokenizer))`."
+        )
+
+
+def check_prompt_dataset(dataset: Any, name: str) -> None:
+    """A prompt dataset (``datasets.Dataset`` or ``IterableDataset``) must have a ``prompt`` column and, when
+    its length is known, at least one row."""
+    if dataset is None:
+        return
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and "prompt" not in columns:
+        raise ValueError(
+            f"`{name}` has no 'prompt' column (columns: {columns}); rename the column holding the prompts, "
+            "e.g. `dataset.rename_column('question', 'prompt')`."
+        )
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty: give at least one prompt.")

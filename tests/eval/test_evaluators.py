@@ -10,6 +10,7 @@ from em_hf.data.arithmetic import grade_last_integer, make_arithmetic_problems
 from em_hf.eval import arithmetic_evaluator, benchmark_evaluator, load_benchmark
 from em_hf.generation.batched import generate_completions
 from em_hf.generation.decoding import parse_method
+from em_hf.generation.sampling import item_seed
 from tests.helpers import make_tiny_llama, make_word_tokenizer
 
 
@@ -20,6 +21,7 @@ def _independent(model, tokenizer, method: str, seeds, n: int = 4, max_new_token
         completions, _ = generate_completions(
             model, tokenizer, [p.messages for p in problems], parse_method(method),
             max_new_tokens=max_new_tokens, batch_size=64, seed=seed, progress=False,
+            seeds=[item_seed(seed, "arithmetic", p.id, 0) for p in problems],  # the harness's per-item seeds
         )  # fmt: skip
         for problem, completion in zip(problems, completions, strict=True):
             correct += grade_last_integer(completion.text, problem.answer)

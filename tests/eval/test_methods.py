@@ -15,6 +15,7 @@ from em_hf.eval.scoring import final_answer
 from em_hf.generation.batched import generate_completions
 from em_hf.generation.decoding import parse_method
 from em_hf.generation.prompts import render_prompts
+from em_hf.generation.sampling import item_seed
 
 MAX_NEW = 6
 
@@ -69,6 +70,7 @@ def test_self_consistency_votes_over_n_trajectories(sharp_llama, word_tokenizer,
             batch_size=64,
             seed=5,
             progress=False,
+            seeds=[item_seed(5, i.benchmark, i.id, k) for i in items for k in range(3)],
         )
     assert len({c.text for c in samples}) > len(items)  # not all identical
     params = sharp_llama.num_parameters()

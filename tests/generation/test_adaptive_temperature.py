@@ -35,6 +35,13 @@ def scalar_bisection(row: list[float], alpha, threshold, tau_min, tau_max, max_i
     return tau
 
 
+def sharpened(rows: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """The warper's output: m + (z - m) / tau with m the row maximum, i.e. the distribution of
+    z / tau with the top logit kept in place."""
+    top = rows.amax(dim=-1, keepdim=True)
+    return top + (rows - top) / tau.to(rows.dtype)[:, None]
+
+
 SETTINGS = [
     {},
     {"alpha": 0.5, "threshold": 0.1, "tol": 0.01},
@@ -56,7 +63,9 @@ def test_vectorized_bisection_matches_scalar_bisection_per_row(settings):
     torch.testing.assert_close(tau, expected, atol=1e-12, rtol=0)
     above = torch.tensor([entropy64(r.tolist(), 1.0) > full["threshold"] for r in rows])
     assert above.sum() >= 20 and torch.equal(tau != 1.0, above)
-    torch.testing.assert_close(warper(None, rows), rows / expected[:, None])
+    out = warper(None, rows)
+    torch.testing.assert_close(out, sharpened(rows, expected))
+    torch.testing.assert_close(out.log_softmax(-1), (rows / expected[:, None]).log_softmax(-1))
 
 
 def test_float32_rows_agree_with_scalar_bisection():
@@ -88,7 +97,10 @@ def test_low_entropy_rows_untouched_and_order_never_changes():
     out = AdaptiveTemperatureLogitsWarper()(None, rows)
     assert torch.equal(out[0], rows[0])
     assert torch.equal(out.argsort(dim=-1), rows.argsort(dim=-1))
-    assert (out[1:].abs() > rows[1:].abs()).all()  # every changed row was divided by tau < 1
+    top = rows.amax(dim=-1, keepdim=True)
+    assert torch.equal(out.amax(dim=-1, keepdim=True), top)  # the top logit stays in place
+    below = rows[1:] < top[1:]
+    assert ((top[1:] - out[1:])[below] > (top[1:] - rows[1:])[below]).all()  # gaps grow: tau < 1
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -97,7 +109,7 @@ def test_half_precision_keeps_dtype(dtype):
     out = AdaptiveTemperatureLogitsWarper()(None, rows)
     assert out.dtype == dtype
     tau = AdaptiveTemperatureLogitsWarper().temperatures(rows)
-    torch.testing.assert_close(out.float(), (rows.float() / tau.float()[:, None]).to(dtype).float())
+    torch.testing.assert_close(out.float(), sharpened(rows.float(), tau).to(dtype).float())
 
 
 @pytest.mark.parametrize(

@@ -114,3 +114,22 @@ def test_length_mismatch(metric):
 def test_one_string_per_problem_is_refused(metric):
     with pytest.raises(ValueError, match=r"`predictions\[0\]` must be the list of candidate completions"):
         metric.compute(predictions=[GOOD], references=[TESTS])
+
+
+def test_isolation_is_passed_to_the_sandbox(metric, monkeypatch, recwarn):
+    """isolation="process" runs where bubblewrap is missing (with run_code's warning); the default
+    refuses there, naming the fix; a bad value is refused before anything runs."""
+    from em_hf.eval import _sandbox_bwrap
+    from em_hf.eval.sandbox import SandboxUnavailableError
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    _sandbox_bwrap.probe.cache_clear()
+    try:
+        result = metric.compute(predictions=[[GOOD, WRONG]], references=[TESTS], isolation="process")
+        assert result == {"pass@1": 0.5}
+        with pytest.raises(SandboxUnavailableError, match="bubblewrap"):
+            metric.compute(predictions=[[GOOD]], references=[TESTS])
+    finally:
+        _sandbox_bwrap.probe.cache_clear()
+    with pytest.raises(ValueError, match="`isolation`"):
+        metric.compute(predictions=[[GOOD]], references=[TESTS], isolation="none")

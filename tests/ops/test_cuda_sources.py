@@ -22,7 +22,16 @@ import pytest
 import torch
 
 from em_hf.generation.adaptive_temperature import AdaptiveTemperatureLogitsWarper
-from em_hf.ops._torch_impl import entropy_backward_torch, entropy_forward_torch
+from em_hf.ops._torch_impl import (
+    GRAD_COLUMNS,
+    IGNORE_INDEX,
+    STAT_COLUMNS,
+    STAT_ENTROPY,
+    STAT_LABEL_LOGPROB,
+    STAT_MAX,
+    entropy_backward_torch,
+    entropy_forward_torch,
+)
 from em_hf.ops.logit_optimization import _em_inf_torch
 from tests.helpers import use_backend
 
@@ -128,13 +137,14 @@ EXPORTS = r"""
 using em_hf::cuda::Dtype;
 extern "C" {
 int emu_entropy_forward(const void* x, int dtype, int64_t rows, int64_t vocab, int64_t stride, float inv_t,
-                        float* h, float* lse) {
-  return em_hf::cuda::entropy_forward(x, Dtype(dtype), rows, vocab, stride, inv_t, h, lse, nullptr);
+                        const int64_t* labels, bool self_certainty, float* stats) {
+  return em_hf::cuda::entropy_forward(x, Dtype(dtype), rows, vocab, stride, inv_t, labels, self_certainty,
+                                      stats, nullptr);
 }
-int emu_entropy_backward(const float* grad_h, const void* x, int dtype, int64_t rows, int64_t vocab,
-                         int64_t stride, const float* h, const float* lse, float inv_t, void* grad) {
-  return em_hf::cuda::entropy_backward(grad_h, x, Dtype(dtype), rows, vocab, stride, h, lse, inv_t, grad,
-                                       nullptr);
+int emu_entropy_backward(const float* grads, const void* x, int dtype, int64_t rows, int64_t vocab,
+                         int64_t stride, const float* stats, const int64_t* labels, float inv_t, void* grad) {
+  return em_hf::cuda::entropy_backward(grads, x, Dtype(dtype), rows, vocab, stride, stats, labels, inv_t,
+                                       grad, nullptr);
 }
 int emu_em_inf(const void* x, int dtype, int64_t rows, int64_t vocab, int64_t stride, float threshold,
                int64_t n_steps, float lr, float kl_weight, bool adam, float beta1, float beta2, float eps,
@@ -157,7 +167,7 @@ LAUNCH = re.compile(r"(\w+_kernel<[^<>]*>)\s*<<<([^,]+),([^,]+),[^,]+,[^>]+>>>\(
 P = ctypes.c_void_p
 I64, F32, F64 = ctypes.c_int64, ctypes.c_float, ctypes.c_double
 SIGNATURES = {
-    "emu_entropy_forward": [P, ctypes.c_int, I64, I64, I64, F32, P, P],
+    "emu_entropy_forward": [P, ctypes.c_int, I64, I64, I64, F32, P, ctypes.c_bool, P],
     "emu_entropy_backward": [P, P, ctypes.c_int, I64, I64, I64, P, P, F32, P],
     "emu_em_inf": [P, ctypes.c_int, I64, I64, I64, F32, I64, F32, F32, ctypes.c_bool, F32, F32, F32, P, P],
     "emu_adaptive_temperature": [P, ctypes.c_int, I64, I64, I64, F64, F64, F64, F64, I64, F64, P],
@@ -267,10 +277,10 @@ def strided_rows(values: torch.Tensor) -> torch.Tensor:
 
 def test_launchers_reject_invalid_arguments(emulated):
     x = torch.zeros(2, 4)
-    h, lse = torch.empty(2), torch.empty(2)
-    assert emulated.emu_entropy_forward(ptr(x), 7, 2, 4, 4, 1.0, ptr(h), ptr(lse)) == INVALID_VALUE
-    assert emulated.emu_entropy_forward(ptr(x), 0, 2, 0, 4, 1.0, ptr(h), ptr(lse)) == INVALID_VALUE
-    assert emulated.emu_entropy_forward(ptr(x), 0, 0, 4, 4, 1.0, None, None) == 0  # nothing to do
+    stats = torch.empty(2, STAT_COLUMNS)
+    assert emulated.emu_entropy_forward(ptr(x), 7, 2, 4, 4, 1.0, None, False, ptr(stats)) == INVALID_VALUE
+    assert emulated.emu_entropy_forward(ptr(x), 0, 2, 0, 4, 1.0, None, False, ptr(stats)) == INVALID_VALUE
+    assert emulated.emu_entropy_forward(ptr(x), 0, 0, 4, 4, 1.0, None, False, None) == 0  # nothing to do
     args = (0.3, 3, 0.1, 0.0, True, 0.9, 0.999, 1e-8)
     assert emulated.emu_em_inf(ptr(x), 0, 2, 4, 4, *args, None, ptr(x)) == INVALID_VALUE  # no workspace
 
@@ -300,31 +310,46 @@ def sample_rows(vocab: int, dtype: torch.dtype) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", list(DTYPE_CODES))
 @pytest.mark.parametrize("vocab", [7, 1000, 1025, 20000])  # a warp per row, then 256 and 512 threads
-def test_entropy_forward_and_backward_match_torch(emulated, vocab, dtype):
+@pytest.mark.parametrize("extras", [False, True])  # self-certainty and labels, or the entropy alone
+def test_entropy_forward_and_backward_match_torch(emulated, vocab, dtype, extras):
     logits = strided_rows(sample_rows(vocab, dtype))
     rows, temperature, code = logits.shape[0], 0.7, DTYPE_CODES[dtype]
-    entropy, lse = torch.empty(rows), torch.empty(rows)
+    # Labels: a finite token, a masked one (row 2: every third token is -inf), none (-100), ...
+    labels = torch.tensor([vocab - 1, 3, 0, 1, vocab - 1, IGNORE_INDEX]) if extras else None
+    stats = torch.empty(rows, STAT_COLUMNS)
     status = emulated.emu_entropy_forward(
-        ptr(logits), code, rows, vocab, logits.stride(0), 1 / temperature, ptr(entropy), ptr(lse)
-    )
-    assert status == 0
-    expected_entropy, expected_lse = entropy_forward_torch(logits, temperature)
-    torch.testing.assert_close(entropy, expected_entropy, atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(lse, expected_lse, atol=2e-5, rtol=1e-5)
-    assert entropy[3].item() == 0.0 and lse[3].item() == -math.inf and entropy[4].item() == 0.0
-
-    grad_entropy = torch.randn(rows)
-    grad_entropy[1] = 0.0  # nothing to propagate: zeros
-    grad = torch.empty(rows, vocab, dtype=dtype)
-    status = emulated.emu_entropy_backward(
-        ptr(grad_entropy),
         ptr(logits),
         code,
         rows,
         vocab,
         logits.stride(0),
-        ptr(entropy),
-        ptr(lse),
+        1 / temperature,
+        labels_ptr(labels),
+        extras,
+        ptr(stats),
+    )
+    assert status == 0
+    expected = entropy_forward_torch(logits, temperature, labels, extras)
+    finite = expected.isfinite()
+    assert torch.equal(stats.isfinite(), finite)
+    torch.testing.assert_close(stats[finite], expected[finite], atol=2e-5, rtol=1e-5)
+    assert stats[3, STAT_ENTROPY].item() == 0.0 and stats[3, STAT_MAX].item() == -math.inf
+    assert stats[4, STAT_ENTROPY].item() == 0.0
+    if extras:
+        assert stats[2, STAT_LABEL_LOGPROB].item() == -math.inf and stats[5, STAT_LABEL_LOGPROB].item() == 0.0
+
+    grads = torch.randn(rows, GRAD_COLUMNS)
+    grads[1] = 0.0  # nothing to propagate: zeros
+    grad = torch.empty(rows, vocab, dtype=dtype)
+    status = emulated.emu_entropy_backward(
+        ptr(grads),
+        ptr(logits),
+        code,
+        rows,
+        vocab,
+        logits.stride(0),
+        ptr(stats),
+        labels_ptr(labels),
         1 / temperature,
         ptr(grad),
     )
@@ -332,12 +357,14 @@ def test_entropy_forward_and_backward_match_torch(emulated, vocab, dtype):
     assert bool((grad[[1, 3]] == 0).all()) and bool((grad[2, ::3] == 0).all())
     # Where p ~ 1, log p + H cancels and the rounding of z / T decides the last digits: compare
     # both implementations with the float64 result instead of with each other.
-    plain = entropy_backward_torch(grad_entropy, logits, expected_entropy, expected_lse, temperature)
-    truth_entropy, truth_lse = entropy_forward_torch(logits.double(), temperature)
-    truth = entropy_backward_torch(
-        grad_entropy.double(), logits.double(), truth_entropy, truth_lse, temperature
-    )
+    plain = entropy_backward_torch(grads, logits, expected, temperature, labels)
+    truth_stats = entropy_forward_torch(logits.double(), temperature, labels, extras)
+    truth = entropy_backward_torch(grads.double(), logits.double(), truth_stats, temperature, labels)
     assert_as_close_to_truth(grad, plain, truth, floor=1e-6)
+
+
+def labels_ptr(labels: torch.Tensor | None) -> int | None:
+    return None if labels is None else ptr(labels)
 
 
 @pytest.mark.parametrize("vocab", [7, 1025])
@@ -347,9 +374,9 @@ def test_entropy_of_nan_or_inf_rows_is_nan(emulated, vocab):
     logits[1, 2] = math.inf
     logits[2] = -math.inf
     logits[2, 0] = math.nan  # NaN among -inf only
-    entropy, lse = torch.empty(4), torch.empty(4)
-    assert emulated.emu_entropy_forward(ptr(logits), 0, 4, vocab, vocab, 1.0, ptr(entropy), ptr(lse)) == 0
-    assert entropy[:3].isnan().all() and entropy[3].isfinite()
+    stats = torch.empty(4, STAT_COLUMNS)
+    assert emulated.emu_entropy_forward(ptr(logits), 0, 4, vocab, vocab, 1.0, None, True, ptr(stats)) == 0
+    assert stats[:3, STAT_ENTROPY].isnan().all() and stats[3, STAT_ENTROPY].isfinite()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -9,6 +9,14 @@ import torch
 import em_hf.ops._extension as extension
 from em_hf.generation import AdaptiveTemperatureLogitsWarper, EntropyMinLogitsProcessor
 from em_hf.ops import backend, token_entropy
+from em_hf.ops._torch_impl import (
+    GRAD_COLUMNS,
+    STAT_COLUMNS,
+    STAT_ENTROPY,
+    STAT_LABEL_LOGPROB,
+    STAT_SELF_CERTAINTY,
+    lse_of,
+)
 from tests.helpers import use_backend
 
 
@@ -52,13 +60,14 @@ def test_forward_and_backward_match_float64(kernels, vocab, temperature):
         logits[5, ::3] = -math.inf
         logits[6, 1:] = -math.inf
     logits[7] = -math.inf
-    entropy, lse = kernels.entropy_forward(logits, temperature)
+    stats = kernels.entropy_forward(logits, temperature, None, False)
+    entropy, lse = stats[:, STAT_ENTROPY], lse_of(stats, temperature)
     expected_entropy, expected_lse = reference_forward(logits, temperature)
     torch.testing.assert_close(entropy.double(), expected_entropy, atol=5e-6, rtol=2e-6)
     finite = torch.isfinite(expected_lse)
     torch.testing.assert_close(lse.double()[finite], expected_lse[finite], atol=2e-5, rtol=1e-6)
     assert lse[7].item() == -math.inf and entropy[7].item() == 0.0
-    grad = kernels.entropy_backward(torch.ones(9), logits, entropy, lse, temperature)
+    grad = kernels.entropy_backward(entropy_grads(torch.ones(9)), logits, stats, temperature, None)
     assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
     expected_grad = reference_grad(logits[:7], temperature)  # the all -inf row has no autograd reference
     # float32 limits: log p of a logit 100 away from the max has an absolute error ~1e-5.
@@ -70,11 +79,12 @@ def test_forward_and_backward_match_float64(kernels, vocab, temperature):
 def test_half_precision_inputs(kernels, dtype):
     logits = (torch.randn(4, 151936, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
     logits[1, :1000] = -math.inf
-    entropy, lse = kernels.entropy_forward(logits, 1.0)
+    stats = kernels.entropy_forward(logits, 1.0, None, False)
+    entropy = stats[:, STAT_ENTROPY]
     assert entropy.dtype == torch.float32
     expected, _ = reference_forward(logits, 1.0)
     torch.testing.assert_close(entropy.double(), expected, atol=2e-5, rtol=1e-5)
-    grad = kernels.entropy_backward(torch.full((4,), 2.0), logits, entropy, lse, 1.0)
+    grad = kernels.entropy_backward(entropy_grads(torch.full((4,), 2.0)), logits, stats, 1.0, None)
     assert grad.dtype == dtype
     torch.testing.assert_close(grad.double(), 2 * reference_grad(logits, 1.0), atol=1e-4, rtol=1e-2)
 
@@ -83,18 +93,17 @@ def test_row_strided_and_zero_row_inputs(kernels):
     wide = torch.randn(5, 300, generator=torch.Generator().manual_seed(1))
     view = wide[:, 10:210]  # stride(0) = 300, last dimension contiguous: read in place
     assert view.stride() == (300, 1)
-    entropy, _ = kernels.entropy_forward(view, 1.0)
+    entropy = kernels.entropy_forward(view, 1.0, None, False)[:, STAT_ENTROPY]
     torch.testing.assert_close(entropy.double(), reference_forward(view, 1.0)[0], atol=5e-6, rtol=1e-6)
     transposed = torch.randn(50, 6).t()  # last dimension not contiguous: copied first
-    entropy, _ = kernels.entropy_forward(transposed, 1.0)
+    entropy = kernels.entropy_forward(transposed, 1.0, None, False)[:, STAT_ENTROPY]
     torch.testing.assert_close(entropy.double(), reference_forward(transposed, 1.0)[0], atol=5e-6, rtol=1e-6)
-    empty_entropy, empty_lse = kernels.entropy_forward(torch.empty(0, 64), 1.0)
-    assert empty_entropy.shape == (0,) and empty_lse.shape == (0,)
+    assert kernels.entropy_forward(torch.empty(0, 64), 1.0, None, True).shape == (0, STAT_COLUMNS)
 
 
 def test_nan_and_inf_propagate_to_the_entropy(kernels):
     logits = torch.tensor([[0.0, float("nan"), 1.0], [0.0, float("inf"), 1.0], [1.0, 2.0, 3.0]])
-    entropy, _ = kernels.entropy_forward(logits, 1.0)
+    entropy = kernels.entropy_forward(logits, 1.0, None, False)[:, STAT_ENTROPY]
     assert torch.isnan(entropy[:2]).all() and torch.isfinite(entropy[2])
     with pytest.raises(ValueError, match="NaN or \\+inf"):
         token_entropy(logits)
@@ -102,11 +111,11 @@ def test_nan_and_inf_propagate_to_the_entropy(kernels):
 
 def test_wrong_rank_and_dtype_are_rejected(kernels):
     with pytest.raises(RuntimeError, match="2-D"):
-        kernels.entropy_forward(torch.zeros(2, 3, 4), 1.0)
+        kernels.entropy_forward(torch.zeros(2, 3, 4), 1.0, None, False)
     with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
-        kernels.entropy_forward(torch.zeros(2, 3, dtype=torch.float64), 1.0)
+        kernels.entropy_forward(torch.zeros(2, 3, dtype=torch.float64), 1.0, None, False)
     with pytest.raises(RuntimeError, match="temperature"):
-        kernels.entropy_forward(torch.zeros(2, 3), 0.0)
+        kernels.entropy_forward(torch.zeros(2, 3), 0.0, None, False)
 
 
 def test_kernels_and_fallback_agree(monkeypatch):
@@ -190,22 +199,43 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
         token_entropy(logits)
 
 
-def test_op_autograd_includes_the_lse_output(kernels):
+def test_op_autograd_covers_entropy_self_certainty_and_label_logprob(kernels):
+    """The op called directly is differentiable in its three value columns (one fused backward),
+    and refuses a second derivative instead of returning zeros."""
     logits = (torch.randn(4, 70, generator=torch.Generator().manual_seed(5)) * 3).requires_grad_(True)
-    entropy, lse = kernels.entropy_forward(logits, 0.7)
-    (entropy * torch.arange(1.0, 5.0)).sum().add(2 * lse.sum()).backward()
+    labels = torch.tensor([3, 0, -100, 69])
+    stats = kernels.entropy_forward(logits, 0.7, labels, True)
+    weights = torch.arange(1.0, 5.0)
+    loss = (stats[:, STAT_ENTROPY] * weights).sum() + 2 * stats[:, STAT_SELF_CERTAINTY].sum()
+    (loss - stats[:, STAT_LABEL_LOGPROB].sum()).backward()
     z = logits.detach().double().requires_grad_(True)
     log_p = torch.log_softmax(z / 0.7, dim=-1)
-    expected = (-(log_p.exp() * log_p).sum(-1) * torch.arange(1.0, 5.0, dtype=torch.float64)).sum()
-    (expected + 2 * torch.logsumexp(z / 0.7, dim=-1).sum()).backward()
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    certainty = torch.logsumexp(z / 0.7, dim=-1) - (z / 0.7).mean(-1) - math.log(70)
+    picked = log_p[[0, 1, 3], [3, 0, 69]]
+    ((entropy * weights.double()).sum() + 2 * certainty.sum() - picked.sum()).backward()
     torch.testing.assert_close(logits.grad.double(), z.grad, atol=1e-6, rtol=1e-5)
+    again = logits.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(
+        kernels.entropy_forward(again, 1.0, None, False)[:, STAT_ENTROPY].sum(), again, create_graph=True
+    )
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        grad.sum().backward()
+
+
+def entropy_grads(grad_entropy: torch.Tensor) -> torch.Tensor:
+    """The backward op's [rows, 3] gradients for a loss on the entropy alone."""
+    grads = torch.zeros(grad_entropy.shape[0], GRAD_COLUMNS)
+    grads[:, 0] = grad_entropy
+    return grads
 
 
 @pytest.mark.parametrize(
     ("op", "args"),
     [
-        ("entropy_forward", (torch.randn(3, 40, requires_grad=True), 0.7)),
-        ("entropy_backward", (torch.ones(3), torch.randn(3, 40), torch.ones(3), torch.zeros(3), 1.0)),
+        ("entropy_forward", (torch.randn(3, 40, requires_grad=True), 0.7, None, False)),
+        ("entropy_forward", (torch.randn(3, 40, requires_grad=True), 0.7, torch.tensor([1, -100, 39]), True)),
+        ("entropy_backward", (torch.ones(3, 3), torch.randn(3, 40), torch.zeros(3, 6), 1.0, None)),
         ("em_inf", (torch.randn(3, 40), 0.3, 3, 0.1, 0.001, True, 0.9, 0.999, 1e-8)),
         ("adaptive_temperature", (torch.randn(3, 40), 0.85, 0.3, 0.01, 1.0, 100, 0.1)),
     ],

@@ -6,7 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from em_hf.ops import token_entropy
-from em_hf.ops.linear_entropy import default_chunk_size, linear_token_entropy
+from em_hf.ops.linear_entropy import default_chunk_size, linear_entropy_loss, linear_token_entropy
 
 IGNORE = -100
 
@@ -365,7 +365,9 @@ def test_default_chunk_size():
         ({"temperature": 0.0}, ValueError, "temperature"),
         ({"temperature": -1.0}, ValueError, "temperature"),
         ({"temperature": math.inf}, ValueError, "temperature"),
-        ({"temperature": torch.tensor(1.0)}, TypeError, "temperature"),
+        ({"temperature": torch.tensor([1.0, 2.0])}, TypeError, "`temperature` must be one number here"),
+        ({"temperature": torch.tensor(1.0, requires_grad=True)}, ValueError, "`temperature` requires grad"),
+        ({"temperature": 1e-300}, ValueError, "`temperature` must be >= 1e-37"),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"chunk_size": 2.5}, ValueError, "chunk_size"),
     ],
@@ -443,3 +445,16 @@ def test_linear_entropy_loss_bad_weights():
         linear_entropy_loss(hidden, weight, torch.ones(5))
     with pytest.raises(ValueError, match="token_weights"):
         linear_entropy_loss(hidden, weight, torch.tensor([1.0, float("nan"), 1.0, 1.0]))
+
+
+def test_token_weights_that_require_grad_get_the_entropies_as_gradient():
+    """They once got no gradient, silently: dL/dw_r = H_r."""
+    generator = torch.Generator().manual_seed(11)
+    hidden, weight = torch.randn(2, 3, 8, generator=generator), torch.randn(20, 8, generator=generator)
+    token_weights = torch.rand(2, 3, generator=generator).requires_grad_(True)
+    linear_entropy_loss(hidden, weight.requires_grad_(True), token_weights, temperature=0.5).backward()
+    expected = token_entropy(hidden @ weight.detach().T, 0.5)
+    torch.testing.assert_close(token_weights.grad, expected, atol=1e-6, rtol=1e-5)
+    alone = torch.rand(2, 3, generator=generator).requires_grad_(True)  # only the weights require grad
+    linear_entropy_loss(hidden, weight.detach(), alone, temperature=0.5).backward()
+    torch.testing.assert_close(alone.grad, expected, atol=1e-6, rtol=1e-5)

@@ -25,11 +25,11 @@ What matches the ``transformers`` path, by construction:
   ``VLLMGenerator.entropy_seconds``, and measured in the README (on the default model and short
   arithmetic answers it took longer than vLLM's own generation).
 
-Seeds: sampled requests carry their own ``SamplingParams(seed=...)``, drawn from ``seed`` by a
-``random.Random(seed)`` in prompt order, so a run is reproducible whatever vLLM's batching; vLLM's
-CPU engine fails on large batches of seeded requests ("CPU Generator does not use offset"), so
-seeded requests are sent at most :data:`MAX_SEEDED_PER_CALL` per ``generate`` call. Greedy requests
-carry no seed and go ``batch_size`` at a time.
+Seeds: sampled requests carry their own ``SamplingParams(seed=...)``: the caller's ``seeds`` (one per
+prompt) when given, else drawn from ``seed`` by a ``random.Random(seed)`` in prompt order, so a run is
+reproducible whatever vLLM's batching; vLLM's CPU engine fails on large batches of seeded requests ("CPU
+Generator does not use offset"), so seeded requests are sent at most :data:`MAX_SEEDED_PER_CALL` per
+``generate`` call. Greedy requests carry no seed and go ``batch_size`` at a time.
 """
 
 from __future__ import annotations
@@ -256,14 +256,17 @@ class VLLMGenerator(CompletionGenerator):
         import_vllm()
         stop = eos_token_ids(model, tokenizer)
         rng = random.Random(call.seed)
+        drawn = (
+            call.seeds if call.seeds is not None else [rng.getrandbits(31) for _ in range(call.num_prompts)]
+        )
         params = [
             sampling_params(
                 method,
                 max_new_tokens=call.max_new_tokens,
                 stop_token_ids=stop,
-                seed=rng.getrandbits(31) if method.do_sample else None,
+                seed=request_seed if method.do_sample else None,
             )
-            for _ in range(call.num_prompts)
+            for request_seed in drawn
         ]
         return params, stop
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import datasets
 
-from em_hf.eval.sandbox import extract_code, run_code
+from em_hf.eval.sandbox import ISOLATIONS, extract_code, run_code
 from em_hf.metrics import _common, _script
-from em_hf.utils.validation import check_int, check_number
+from em_hf.utils.validation import check_choice, check_int, check_number
 
 _DESCRIPTION = r"""
 pass@k of generated programs (Chen et al., "Evaluating Large Language Models Trained on Code"):
@@ -20,10 +20,11 @@ is 1 - C(n - c, k) / C(n, k). The score is the mean over problems, for each requ
 
 Each candidate is the last fenced python code block of the completion (`em_hf.eval.sandbox.extract_code`;
 with `extract_code=False` the completion itself is the program), run by `em_hf.eval.sandbox.run_code`
-as `prelude + code + tests` in a separate, resource-limited process (the usual LeetCode imports as
-prelude, a wall-clock limit, no network, no process creation, no writes outside a temporary folder);
-it passes when the program exits with status 0. A candidate without code, that does not compile,
-raises, fails an assertion or runs out of time fails.
+after the usual LeetCode imports, then the tests, in a bubblewrap sandbox (no network, no host files,
+an unprivileged uid, resource and wall-clock limits); it passes when the tests ran to their end with
+every `assert EXPR == LITERAL` value right (checked outside the sandbox, so an early exit cannot
+pass). A candidate without code, that does not compile, raises, exits early, fails an assertion or
+runs out of time fails.
 """
 
 _KWARGS_DESCRIPTION = r"""
@@ -39,6 +40,9 @@ Parameters:
         Wall-clock limit of one candidate's run, in seconds.
     num_workers (`int`, *optional*, defaults to the number of CPUs, at most 8):
         Candidates run at the same time (each in its own process).
+    isolation (`str`, *optional*):
+        `run_code`'s isolation: `"bwrap"` (the default; refused with an install hint where bubblewrap
+        cannot run) or `"process"` (no isolation from your files and network: trusted code only).
     extract_code (`bool`, *optional*, defaults to `True`):
         Take the last fenced python block of each completion as the program; `False` runs each
         prediction as it is (predictions that are already code).
@@ -98,6 +102,7 @@ class CodePassAtK(_script.CheckedMetric):
         num_workers: int | None = None,
         extract_code: bool = True,
         return_per_item: bool = False,
+        isolation: str | None = None,
     ):
         _common.check_not_empty(predictions)
         _common.check_same_length(predictions, references)
@@ -111,6 +116,8 @@ class CodePassAtK(_script.CheckedMetric):
         )
         if not isinstance(extract_code, bool):
             raise ValueError(f"`extract_code` must be True or False, got {extract_code!r}.")
+        if isolation is not None:
+            check_choice("isolation", isolation, ISOLATIONS)
 
         jobs = [
             (i, tests, c)
@@ -121,7 +128,7 @@ class CodePassAtK(_script.CheckedMetric):
         def run(job: tuple[int, str, str]) -> str:
             _, tests, completion = job
             code = extract_code_from(completion) if extract_code else completion
-            return run_code(code, tests, timeout_s=timeout_s).status
+            return run_code(code, tests, timeout_s=timeout_s, isolation=isolation).status
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             flat = list(pool.map(run, jobs))

@@ -10,8 +10,8 @@
 // updated block, which the next step needs; p_orig is computed once. Rows are independent and run
 // in parallel; the working memory is 4 floats per vocabulary entry per thread.
 // adaptive_temperature: per row with H0 > threshold, bisection of tau in [tau_min, tau_max] until
-// |H(softmax(z / tau)) - max(threshold, alpha H0)| < tol or max_iter steps; returns tau (float64,
-// 1 for untouched rows).
+// |H(softmax((z - max z) / tau)) - max(threshold, alpha H0)| < tol or max_iter steps; returns tau
+// (float64, 1 for untouched rows).
 #include "em_inf_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -167,11 +167,15 @@ at::Tensor adaptive_temperature_cpu(const at::Tensor& logits_in, double alpha, d
         const double h0 = stats_of(z.data(), padded).entropy;
         if (!(h0 > threshold)) continue;
         const double target = std::max(threshold, alpha * h0);
+        // The row's maximum is subtracted before the division, so a small tau gives -inf (p = 0)
+        // where z / tau would overflow to +inf.
+        float z_max = kNegInf;
+        for (int64_t i = 0; i < vocab; ++i) z_max = std::max(z_max, z[i]);
         double low = tau_min, high = tau_max, mid = 1.0;
         for (int64_t it = 0; it < max_iter; ++it) {
           mid = (low + high) / 2;
           const float mid_f = static_cast<float>(mid);
-          for (int64_t i = 0; i < padded; ++i) scaled[i] = z[i] / mid_f;
+          for (int64_t i = 0; i < padded; ++i) scaled[i] = (z[i] - z_max) / mid_f;
           const double h = stats_of(scaled.data(), padded).entropy;
           if (std::abs(h - target) < tol) break;
           if (h < target) low = mid; else high = mid;

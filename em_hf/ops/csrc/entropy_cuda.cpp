@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "entropy_cuda_kernels.h"
+#include "stats_layout.h"
 
 namespace em_hf {
 namespace {
@@ -36,48 +37,61 @@ cuda::Dtype dtype_code(const at::Tensor& logits) {
   return cuda::Dtype::kFloat32;
 }
 
-// One float32 value per row on the logits' device, contiguous.
-at::Tensor per_row(const at::Tensor& values, const at::Tensor& logits, const char* name, const char* op) {
-  TORCH_CHECK(values.numel() == logits.size(0), op, ": ", name, " must have one value per row");
-  TORCH_CHECK(values.device() == logits.device(), op, ": ", name, " must be on the logits' device");
-  return values.to(at::kFloat).contiguous();
-}
-
 void check_launch(cudaError_t error, const char* op) {
   TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(error));
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> entropy_forward_cuda(const at::Tensor& logits_in, double temperature) {
+// One int64 label per row on the logits' device (values checked by the Python side), or null.
+const int64_t* label_pointer(const c10::optional<at::Tensor>& labels, const at::Tensor& logits, at::Tensor& holder,
+                             const char* op) {
+  if (!labels.has_value() || !labels->defined()) return nullptr;
+  TORCH_CHECK(labels->scalar_type() == at::kLong, op, ": labels must be int64");
+  TORCH_CHECK(labels->numel() == logits.size(0), op, ": labels must have one value per row");
+  TORCH_CHECK(labels->device() == logits.device(), op, ": labels must be on the logits' device");
+  holder = labels->contiguous();
+  return holder.const_data_ptr<int64_t>();
+}
+
+at::Tensor entropy_forward_cuda(const at::Tensor& logits_in, double temperature,
+                                const c10::optional<at::Tensor>& labels, bool self_certainty) {
   const char* op = "em_hf::entropy_forward";
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = checked_logits(logits_in, op);
   TORCH_CHECK(temperature > 0, op, ": temperature must be > 0");
   const int64_t rows = logits.size(0);
-  at::Tensor entropy = at::empty({rows}, logits.options().dtype(at::kFloat));
-  at::Tensor lse = at::empty({rows}, logits.options().dtype(at::kFloat));
+  at::Tensor holder;
+  const int64_t* label_ptr = label_pointer(labels, logits, holder, op);
+  at::Tensor out = at::empty({rows, stats::kColumns}, logits.options().dtype(at::kFloat));
   check_launch(cuda::entropy_forward(logits.const_data_ptr(), dtype_code(logits), rows, logits.size(1),
-                                     logits.stride(0), static_cast<float>(1.0 / temperature),
-                                     entropy.mutable_data_ptr<float>(), lse.mutable_data_ptr<float>(),
+                                     logits.stride(0), static_cast<float>(1.0 / temperature), label_ptr,
+                                     self_certainty, out.mutable_data_ptr<float>(),
                                      c10::cuda::getCurrentCUDAStream()),
                op);
-  return {entropy, lse};
+  return out;
 }
 
-at::Tensor entropy_backward_cuda(const at::Tensor& grad_entropy_in, const at::Tensor& logits_in,
-                                 const at::Tensor& entropy_in, const at::Tensor& lse_in, double temperature) {
+at::Tensor entropy_backward_cuda(const at::Tensor& grads_in, const at::Tensor& logits_in, const at::Tensor& stats_in,
+                                 double temperature, const c10::optional<at::Tensor>& labels) {
   const char* op = "em_hf::entropy_backward";
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = checked_logits(logits_in, op);
-  const at::Tensor grad_h = per_row(grad_entropy_in, logits, "grad_entropy", op);
-  const at::Tensor h = per_row(entropy_in, logits, "entropy", op);
-  const at::Tensor lse = per_row(lse_in, logits, "lse", op);
-  at::Tensor grad = at::empty({logits.size(0), logits.size(1)}, logits.options());
-  check_launch(cuda::entropy_backward(grad_h.const_data_ptr<float>(), logits.const_data_ptr(), dtype_code(logits),
-                                      logits.size(0), logits.size(1), logits.stride(0), h.const_data_ptr<float>(),
-                                      lse.const_data_ptr<float>(), static_cast<float>(1.0 / temperature),
-                                      grad.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()),
+  TORCH_CHECK(temperature > 0, op, ": temperature must be > 0");
+  const int64_t rows = logits.size(0);
+  TORCH_CHECK(grads_in.numel() == rows * stats::kGradColumns, op, ": grads must be [rows, 3]");
+  TORCH_CHECK(stats_in.numel() == rows * stats::kColumns, op, ": stats must be [rows, 6] (entropy_forward's)");
+  TORCH_CHECK(grads_in.device() == logits.device() && stats_in.device() == logits.device(), op,
+              ": grads and stats must be on the logits' device");
+  const at::Tensor grads = grads_in.to(at::kFloat).contiguous();
+  const at::Tensor row_stats = stats_in.to(at::kFloat).contiguous();
+  at::Tensor holder;
+  const int64_t* label_ptr = label_pointer(labels, logits, holder, op);
+  at::Tensor grad = at::empty({rows, logits.size(1)}, logits.options());
+  check_launch(cuda::entropy_backward(grads.const_data_ptr<float>(), logits.const_data_ptr(), dtype_code(logits), rows,
+                                      logits.size(1), logits.stride(0), row_stats.const_data_ptr<float>(), label_ptr,
+                                      static_cast<float>(1.0 / temperature), grad.mutable_data_ptr(),
+                                      c10::cuda::getCurrentCUDAStream()),
                op);
   return grad;
 }

@@ -1,8 +1,10 @@
 // CUDA kernels of the em_hf ops: token entropy forward/backward, fused EM-INF and adaptive
 // temperature. They mirror the CPU kernels (entropy_cpu.cpp, em_inf_cpu.cpp, vec_math.h):
 //
-//   z' = z * inv_t,  m = max z',  S = sum exp(z' - m),  A = sum exp(z' - m)(z' - m)
-//   H = log S - A / S (clamped at 0),  lse = m + log S,  dH/dz = -inv_t p (log p + H)
+//   m = max z,  d = (z - m) * inv_t,  S = sum exp(d),  A = sum exp(d) d,  D = sum d,  n = count
+//   H = log S - A / S (clamped at 0),  SC = log S - D / n - log n,  log p = d - log S,
+//   dL/dz = inv_t [-gH p (log p + H) + gSC (p - 1[z finite] / n) + gLP (1[v = y] - p)]
+// (the statistics of stats_layout.h; the maximum is subtracted before the scaling by 1/T).
 //
 // Layout: a row is handled by one thread block (one warp for vocabularies up to
 // kWarpRowMaxVocab). Its threads walk the row in chunks of kChunk elements; chunk boundaries sit
@@ -17,6 +19,7 @@
 // reports. exp is __expf (hardware ex2; CUDA documents at most 2 + 1.17 |x| ulp, so the terms
 // with x near 0, which dominate S, A and the gradient, are accurate to a few ulp).
 #include "entropy_cuda_kernels.h"
+#include "stats_layout.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -113,24 +116,29 @@ __device__ __forceinline__ void store_chunk(T* __restrict__ row, int64_t start, 
 
 // ---- online row statistics ------------------------------------------------------------------
 
-// Running maximum m, S = sum exp(x - m) and A = sum exp(x - m)(x - m) over part of a row. While
-// m = -inf, A = 0 and S is 0, or NaN once a NaN was seen. m itself is never NaN (fmaxf skips NaN).
+// Running maximum m (in the units of the values x), and with d = (x - m) * scale: S = sum exp(d),
+// A = sum exp(d) d, D = sum d and n = count over the finite x, over part of a row. While m = -inf,
+// A = D = n = 0 and S is 0, or NaN once a NaN was seen. m itself is never NaN (fmaxf skips NaN).
 struct Stats {
-  float m, s, a;
+  float m, s, a, d, n, scale;
 
-  __device__ __forceinline__ static Stats empty() { return {kNegInf, 0.0f, 0.0f}; }
+  __device__ __forceinline__ static Stats empty(float scale) { return {kNegInf, 0.0f, 0.0f, 0.0f, 0.0f, scale}; }
 
-  // Moves the reference point to new_m >= m: with d = m - new_m, S' = e^d S, A' = e^d (A + d S).
+  // Moves the reference point to new_m >= m: with t = (m - new_m) * scale, S' = e^t S,
+  // A' = e^t (A + t S), D' = D + n t (t = -inf when it overflows: S' = A' = 0, D' = -inf).
   __device__ __forceinline__ void rebase(float new_m) {
     if (m != new_m && m != kNegInf) {
-      const float d = m - new_m;
-      const float f = __expf(d);
-      a = f * (a + d * s);
+      const float t = (m - new_m) * scale;
+      const float f = __expf(t);
+      a = f > 0.0f ? f * (a + t * s) : 0.0f;
       s = f * s;
+      if (n > 0.0f) d += n * t;
     }
     m = new_m;
   }
 
+  // kExtras: also D and n (the entropy forward); the optimizers leave them 0.
+  template <bool kExtras>
   __device__ __forceinline__ void add(const float (&x)[kChunk]) {
     float chunk_max = kNegInf;
 #pragma unroll
@@ -140,10 +148,15 @@ struct Stats {
     const float shift = m == kNegInf ? 0.0f : m;
 #pragma unroll
     for (int k = 0; k < kChunk; ++k) {
-      const float d = x[k] - shift;
-      const float e = __expf(d);
+      const float dk = (x[k] - shift) * scale;
+      const float e = __expf(dk);
       s += e;
-      a += e > 0.0f ? d * e : 0.0f;  // d = -inf gives e = 0, and -inf * 0 would be NaN
+      a += e > 0.0f ? dk * e : 0.0f;  // dk = -inf gives e = 0, and -inf * 0 would be NaN
+      if constexpr (kExtras) {
+        const bool finite = x[k] > kNegInf;  // masked entries are not part of "uniform"
+        d += finite ? dk : 0.0f;
+        n += finite ? 1.0f : 0.0f;
+      }
     }
   }
 
@@ -155,27 +168,36 @@ struct Stats {
     other.rebase(new_m);
     s += other.s;
     a += other.a;
+    d += other.d;
+    n += other.n;
   }
+
+  __device__ __forceinline__ bool massless() const { return m == kNegInf && s == 0.0f; }
 };
 
 struct RowResult {
   float entropy, lse;
 };
 
-// H = log S - A / S clamped at 0 (NaN stays NaN), lse = m + log S; an all -inf row: 0 and -inf.
+// H = log S - A / S clamped at 0 (NaN stays NaN), lse = m * scale + log S; an all -inf row: 0 and -inf.
 __device__ __forceinline__ RowResult finish(const Stats& t) {
-  if (t.m == kNegInf && t.s == 0.0f) return {0.0f, kNegInf};
+  if (t.massless()) return {0.0f, kNegInf};
   const float log_s = logf(t.s);
   const float h = log_s - t.a / t.s;
-  return {h < 0.0f ? 0.0f : h, t.m + log_s};
+  return {h < 0.0f ? 0.0f : h, t.m * t.scale + log_s};
 }
 
-// Merged statistics of a warp, in every lane.
+// Merged statistics of a warp, in every lane (D and n only with kExtras).
+template <bool kExtras>
 __device__ __forceinline__ Stats warp_reduce(Stats t) {
 #pragma unroll
   for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    const Stats other{__shfl_xor_sync(kFullMask, t.m, offset), __shfl_xor_sync(kFullMask, t.s, offset),
-                      __shfl_xor_sync(kFullMask, t.a, offset)};
+    Stats other{__shfl_xor_sync(kFullMask, t.m, offset), __shfl_xor_sync(kFullMask, t.s, offset),
+                __shfl_xor_sync(kFullMask, t.a, offset), 0.0f, 0.0f, t.scale};
+    if constexpr (kExtras) {
+      other.d = __shfl_xor_sync(kFullMask, t.d, offset);
+      other.n = __shfl_xor_sync(kFullMask, t.n, offset);
+    }
     t.merge(other);
   }
   return t;
@@ -183,29 +205,30 @@ __device__ __forceinline__ Stats warp_reduce(Stats t) {
 
 // Merged statistics of the block, in every thread, bitwise identical (every warp reduces the same
 // per-warp values), so all threads take the same branches on H. blockDim.x: a multiple of 32.
+template <bool kExtras = false>
 __device__ __forceinline__ Stats block_reduce(Stats t, Stats* scratch) {
-  t = warp_reduce(t);
+  t = warp_reduce<kExtras>(t);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   if (lane == 0) scratch[warp] = t;
   __syncthreads();
-  t = lane < static_cast<int>(blockDim.x / kWarp) ? scratch[lane] : Stats::empty();
-  t = warp_reduce(t);
+  t = lane < static_cast<int>(blockDim.x / kWarp) ? scratch[lane] : Stats::empty(t.scale);
+  t = warp_reduce<kExtras>(t);
   __syncthreads();  // scratch is free again
   return t;
 }
 
-// This thread's share of a row's statistics: chunks first, first + step, ... of the row, each
-// element mapped by `scale` (times 1/T, divided by tau, or as it is) before it is added.
-template <typename T, typename Scale>
+// This thread's share of a row's statistics at `scale`: chunks first, first + step, ... of the row,
+// each element mapped by `map` (as it is, or shifted and divided by tau) before it is added.
+template <bool kExtras = false, typename T, typename Map>
 __device__ __forceinline__ Stats thread_stats(const T* __restrict__ row, int64_t vocab, int64_t offset,
-                                              int64_t chunks, int64_t first, int64_t step, Scale scale) {
-  Stats t = Stats::empty();
+                                              int64_t chunks, int64_t first, int64_t step, float scale, Map map) {
+  Stats t = Stats::empty(scale);
   for (int64_t c = first; c < chunks; c += step) {
     float x[kChunk];
     load_chunk(row, c * kChunk - offset, vocab, kNegInf, x);
 #pragma unroll
-    for (int k = 0; k < kChunk; ++k) x[k] = scale(x[k]);
-    t.add(x);
+    for (int k = 0; k < kChunk; ++k) x[k] = map(x[k]);
+    t.add<kExtras>(x);
   }
   return t;
 }
@@ -228,49 +251,84 @@ struct RowGroup {
     }
   }
 
+  template <bool kExtras>
   __device__ __forceinline__ Stats reduce(Stats t, Stats* scratch) const {
     if constexpr (kWarpPerRow) {
-      return warp_reduce(t);
+      return warp_reduce<kExtras>(t);
     } else {
-      return block_reduce(t, scratch);
+      return block_reduce<kExtras>(t, scratch);
     }
   }
 };
 
 // ---- kernels --------------------------------------------------------------------------------
 
+// The label of row r, or -1 for none (no labels, or the ignore index).
+__device__ __forceinline__ int64_t row_label(const int64_t* __restrict__ labels, int64_t r) {
+  if (labels == nullptr) return -1;
+  const int64_t y = labels[r];
+  return y == stats::kIgnoreIndex ? -1 : y;
+}
+
 template <typename T, bool kWarpPerRow>
 __global__ void __launch_bounds__(kMaxRowThreads)
     entropy_forward_kernel(const T* __restrict__ logits, int64_t rows, int64_t vocab, int64_t row_stride,
-                           float inv_t, float* __restrict__ entropy, float* __restrict__ lse) {
+                           float inv_t, const int64_t* __restrict__ labels, bool self_certainty,
+                           float* __restrict__ out) {
   __shared__ Stats scratch[kWarp];
   const RowGroup<kWarpPerRow> group;
   if (group.row >= rows) return;  // whole warps of the last block in warp mode; no barrier follows
   const T* row = logits + group.row * row_stride;
   const int64_t offset = chunk_offset(row);
   const int64_t chunks = chunk_count<T>(vocab, offset);
-  const Stats t =
-      thread_stats(row, vocab, offset, chunks, group.rank, group.size, [=](float x) { return x * inv_t; });
-  const RowResult result = finish(group.reduce(t, scratch));
+  const Stats t = group.template reduce<true>(
+      thread_stats<true>(row, vocab, offset, chunks, group.rank, group.size, inv_t, [](float x) { return x; }),
+      scratch);
   if (group.rank == 0) {
-    entropy[group.row] = result.entropy;
-    lse[group.row] = result.lse;
+    const RowResult result = finish(t);
+    const bool massless = t.massless();
+    const float log_s = massless ? kNegInf : logf(t.s);
+    float* o = out + group.row * stats::kColumns;
+    o[stats::kEntropy] = result.entropy;
+    o[stats::kMax] = t.m;
+    o[stats::kLogSum] = log_s;
+    float certainty = 0.0f;
+    if (self_certainty && !massless && t.n > 0.0f) {
+      certainty = log_s - t.d / t.n - logf(t.n);
+      certainty = certainty < 0.0f ? 0.0f : certainty;  // KL >= 0; rounding may leave -1e-7
+    }
+    o[stats::kSelfCertainty] = certainty;
+    o[stats::kCount] = self_certainty ? t.n : 0.0f;
+    float label_logprob = 0.0f;
+    const int64_t y = row_label(labels, group.row);
+    if (y >= 0) {
+      const float z = to_float(row[y]);
+      label_logprob = massless || z == kNegInf ? kNegInf : (z - t.m) * inv_t - log_s;
+    }
+    o[stats::kLabelLogProb] = label_logprob;
   }
 }
 
 template <typename T, bool kWarpPerRow>
 __global__ void __launch_bounds__(kMaxRowThreads)
-    entropy_backward_kernel(const float* __restrict__ grad_entropy, const T* __restrict__ logits, int64_t rows,
-                            int64_t vocab, int64_t row_stride, const float* __restrict__ entropy,
-                            const float* __restrict__ lse, float inv_t, T* __restrict__ grad) {
+    entropy_backward_kernel(const float* __restrict__ grads, const T* __restrict__ logits, int64_t rows,
+                            int64_t vocab, int64_t row_stride, const float* __restrict__ row_stats,
+                            const int64_t* __restrict__ labels, float inv_t, T* __restrict__ grad) {
   const RowGroup<kWarpPerRow> group;
   if (group.row >= rows) return;
   const T* row = logits + group.row * row_stride;
   T* out = grad + group.row * vocab;
-  const float grad_h = grad_entropy[group.row], h = entropy[group.row], row_lse = lse[group.row];
+  const float* st = row_stats + group.row * stats::kColumns;
+  const float* g = grads + group.row * stats::kGradColumns;
+  const int64_t y = row_label(labels, group.row);
+  const float grad_h = g[0], grad_sc = g[1], grad_lp = y >= 0 ? g[2] : 0.0f;
+  const float m = st[stats::kMax], log_s = st[stats::kLogSum], h = st[stats::kEntropy], n = st[stats::kCount];
   // An all -inf row, or one with nothing to propagate (padding): zeros, without reading the row.
-  const bool zero_row = row_lse == kNegInf || grad_h == 0.0f;
-  const float scale = -inv_t * grad_h;
+  const bool zero_row = m == kNegInf || (grad_h == 0.0f && grad_sc == 0.0f && grad_lp == 0.0f);
+  const float scale_h = -inv_t * grad_h, scale_p = inv_t * (grad_sc - grad_lp);
+  const float scale_c = n > 0.0f ? -inv_t * grad_sc / n : 0.0f;
+  // d log p[y] / dz_y has the extra + 1/T (the one-hot); none for a masked label (log p = -inf).
+  const float one_hot = inv_t * grad_lp;
   const int64_t offset = chunk_offset(row);
   const int64_t chunks = chunk_count<T>(vocab, offset);
   for (int64_t c = group.rank; c < chunks; c += group.size) {
@@ -278,12 +336,16 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     float x[kChunk] = {};
     if (!zero_row) {
       load_chunk(row, start, vocab, kNegInf, x);
+      const int label_k = y >= start && y < start + kChunk ? static_cast<int>(y - start) : -1;
 #pragma unroll
       for (int k = 0; k < kChunk; ++k) {
-        const float log_p = x[k] * inv_t - row_lse;
+        const bool finite = x[k] > kNegInf;
+        const float log_p = (x[k] - m) * inv_t - log_s;
         const float p = __expf(log_p);
-        const float g = scale * p * (log_p + h);
-        x[k] = p > 0.0f ? g : 0.0f;  // p = 0 (z = -inf) would give 0 * -inf
+        float value = p > 0.0f ? scale_h * (p * (log_p + h)) : 0.0f;  // p = 0 (z = -inf): 0, not 0 * -inf
+        value += scale_p * p + (finite ? scale_c : 0.0f);
+        if (k == label_k && finite) value += one_hot;
+        x[k] = value;
       }
     }
     store_chunk(out, start, vocab, x);
@@ -310,7 +372,7 @@ __global__ void __launch_bounds__(kOptimThreads)
   const int64_t chunks = chunk_count<T>(vocab, offset);
 
   const Stats t =
-      thread_stats(in, vocab, offset, chunks, threadIdx.x, blockDim.x, [](float x) { return x; });
+      thread_stats(in, vocab, offset, chunks, threadIdx.x, blockDim.x, 1.0f, [](float x) { return x; });
   RowResult current = finish(block_reduce(t, scratch));
   if (!(current.entropy > threshold)) {  // at or below the threshold (or NaN): bitwise copy
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) out_row[i] = in[i];
@@ -324,7 +386,7 @@ __global__ void __launch_bounds__(kOptimThreads)
     // torch.optim.Adam: step_size = lr / (1 - beta1^t), denom = sqrt(v) / sqrt(1 - beta2^t) + eps.
     const float step_size = lr / (1.0f - powf(beta1, static_cast<float>(step)));
     const float inv_bias2_sqrt = 1.0f / sqrtf(1.0f - powf(beta2, static_cast<float>(step)));
-    Stats next = Stats::empty();
+    Stats next = Stats::empty(1.0f);
     for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
       const int64_t start = c * kChunk - offset;
       float z_orig[kChunk], z[kChunk], exp_avg[kChunk], exp_avg_sq[kChunk];
@@ -369,19 +431,20 @@ __global__ void __launch_bounds__(kOptimThreads)
           store_chunk(exp_avg_sq_row, start, vocab, exp_avg_sq);
         }
       }
-      next.add(z);
+      next.add<false>(z);
     }
     current = finish(block_reduce(next, scratch));
   }
 }
 
-// H(softmax(z / divisor)) of one row, in every thread of the block (z / 1 is z exactly).
+// H(softmax((z - z_max) / divisor)) of one row, in every thread of the block. The maximum is
+// subtracted first (a small divisor then gives -inf, p = 0, where z / divisor would overflow).
 template <typename T>
-__device__ float row_entropy(const T* row, int64_t vocab, int64_t offset, int64_t chunks, float divisor,
-                             Stats* scratch) {
+__device__ float row_entropy(const T* row, int64_t vocab, int64_t offset, int64_t chunks, float z_max,
+                             float divisor, Stats* scratch) {
   // A division, as on CPU, not * (1 / divisor).
-  const Stats t = thread_stats(row, vocab, offset, chunks, threadIdx.x, blockDim.x,
-                               [=](float x) { return x / divisor; });
+  const Stats t = thread_stats(row, vocab, offset, chunks, threadIdx.x, blockDim.x, 1.0f,
+                               [=](float x) { return (x - z_max) / divisor; });
   return finish(block_reduce(t, scratch)).entropy;
 }
 
@@ -396,14 +459,17 @@ __global__ void __launch_bounds__(kOptimThreads)
   const T* row = logits + static_cast<int64_t>(blockIdx.x) * row_stride;
   const int64_t offset = chunk_offset(row);
   const int64_t chunks = chunk_count<T>(vocab, offset);
-  const double h0 = row_entropy(row, vocab, offset, chunks, 1.0f, scratch);
+  const Stats first = block_reduce(
+      thread_stats(row, vocab, offset, chunks, threadIdx.x, blockDim.x, 1.0f, [](float x) { return x; }), scratch);
+  const double h0 = finish(first).entropy;
+  const float z_max = first.m;
   double result = 1.0;  // rows at or below the threshold (or NaN) keep temperature 1
   if (h0 > threshold) {
     const double target = fmax(threshold, alpha * h0);
     double low = tau_min, high = tau_max, mid = 1.0;
     for (int64_t it = 0; it < max_iter; ++it) {
       mid = (low + high) / 2;
-      const double h = row_entropy(row, vocab, offset, chunks, static_cast<float>(mid), scratch);
+      const double h = row_entropy(row, vocab, offset, chunks, z_max, static_cast<float>(mid), scratch);
       if (fabs(h - target) < tol) break;
       if (h < target) {
         low = mid;
@@ -448,7 +514,8 @@ int row_threads(int64_t vocab) { return vocab <= 16384 ? 256 : kMaxRowThreads; }
 }  // namespace
 
 cudaError_t entropy_forward(const void* logits, Dtype dtype, int64_t rows, int64_t vocab, int64_t row_stride,
-                            float inv_temperature, float* entropy, float* lse, cudaStream_t stream) {
+                            float inv_temperature, const int64_t* labels, bool self_certainty, float* stats,
+                            cudaStream_t stream) {
   if (!valid_shape(rows, vocab, row_stride)) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
@@ -456,19 +523,19 @@ cudaError_t entropy_forward(const void* logits, Dtype dtype, int64_t rows, int64
     const T* x = static_cast<const T*>(logits);
     if (vocab <= kWarpRowMaxVocab) {
       const auto blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-      entropy_forward_kernel<T, true>
-          <<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(x, rows, vocab, row_stride, inv_temperature, entropy, lse);
+      entropy_forward_kernel<T, true><<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(
+          x, rows, vocab, row_stride, inv_temperature, labels, self_certainty, stats);
     } else {
       entropy_forward_kernel<T, false><<<static_cast<unsigned>(rows), row_threads(vocab), 0, stream>>>(
-          x, rows, vocab, row_stride, inv_temperature, entropy, lse);
+          x, rows, vocab, row_stride, inv_temperature, labels, self_certainty, stats);
     }
     return cudaGetLastError();
   });
 }
 
-cudaError_t entropy_backward(const float* grad_entropy, const void* logits, Dtype dtype, int64_t rows,
-                             int64_t vocab, int64_t row_stride, const float* entropy, const float* lse,
-                             float inv_temperature, void* grad, cudaStream_t stream) {
+cudaError_t entropy_backward(const float* grads, const void* logits, Dtype dtype, int64_t rows, int64_t vocab,
+                             int64_t row_stride, const float* stats, const int64_t* labels, float inv_temperature,
+                             void* grad, cudaStream_t stream) {
   if (!valid_shape(rows, vocab, row_stride)) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
@@ -478,10 +545,10 @@ cudaError_t entropy_backward(const float* grad_entropy, const void* logits, Dtyp
     if (vocab <= kWarpRowMaxVocab) {
       const auto blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
       entropy_backward_kernel<T, true><<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(
-          grad_entropy, x, rows, vocab, row_stride, entropy, lse, inv_temperature, g);
+          grads, x, rows, vocab, row_stride, stats, labels, inv_temperature, g);
     } else {
       entropy_backward_kernel<T, false><<<static_cast<unsigned>(rows), row_threads(vocab), 0, stream>>>(
-          grad_entropy, x, rows, vocab, row_stride, entropy, lse, inv_temperature, g);
+          grads, x, rows, vocab, row_stride, stats, labels, inv_temperature, g);
     }
     return cudaGetLastError();
   });

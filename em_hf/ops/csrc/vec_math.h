@@ -86,51 +86,94 @@ inline VecF exp_nonpositive(VecF x) {
 
 }  // namespace vec
 
-// Running max m, S = sum exp(x - m) and A = sum exp(x - m)(x - m) over blocks of one row (online
-// softmax: S and A are rescaled when the maximum grows). NaN or +inf inputs make S NaN, and so H.
+// Online row statistics over blocks of one row (online softmax). The maximum m is kept in the
+// units of the raw values x; the shifted values d = (x - m) * scale are what exp sees, so no value
+// is multiplied by 1/T before the maximum is subtracted (z / T may overflow where (z - m) / T does
+// not, and lse = m / T + log S would round log S away next to a large m):
+//   S = sum exp(d),  A = sum exp(d) d,  and with kExtras  D = sum d, n = count, over the finite x.
+// S, A and D are rescaled when the maximum grows. NaN or +inf inputs make S NaN, and so H.
 struct RowStats {
   float m = -std::numeric_limits<float>::infinity();
   float s = 0.0f;
   float a = 0.0f;
+  float d_sum = 0.0f;
+  float n = 0.0f;
 
-  // Adds the values scale * x[i] for `n` floats, n a multiple of vec::kLanes (pad with -inf).
-  inline void add_block(const float* x, int64_t n, float scale = 1.0f) {
+  // Adds the values x[i] for `n_values` floats, a multiple of vec::kLanes (pad with -inf), at
+  // scale > 0 (1/T).
+  template <bool kExtras = false>
+  inline void add_block(const float* x, int64_t n_values, float scale = 1.0f) {
     using vec::VecF;
-    const VecF scale_v = vec::broadcast(scale);
-    VecF block_max = vec::broadcast(-std::numeric_limits<float>::infinity());
-    for (int64_t i = 0; i < n; i += vec::kLanes) block_max = vec::vmax(block_max, vec::load(x + i));
-    // scale > 0, so the maximum of the scaled values is the scaled maximum.
-    float bm = vec::hmax(block_max) * scale;
-    if (bm == -std::numeric_limits<float>::infinity()) {
+    constexpr float kNegInfinity = -std::numeric_limits<float>::infinity();
+    VecF block_max = vec::broadcast(kNegInfinity);
+    // kExtras: the minimum too, so that a block without masked (-inf) entries, the usual case, skips
+    // the finiteness mask below.
+    VecF block_min = vec::broadcast(std::numeric_limits<float>::infinity());
+    for (int64_t i = 0; i < n_values; i += vec::kLanes) {
+      const VecF xi = vec::load(x + i);
+      block_max = vec::vmax(block_max, xi);
+      if constexpr (kExtras) block_min = xi < block_min ? xi : block_min;
+    }
+    const float bm = vec::hmax(block_max);
+    if (bm == kNegInfinity) {
       // Only -inf here, or NaN (ignored by the max): one NaN must still reach S.
-      for (int64_t i = 0; i < n; ++i)
+      for (int64_t i = 0; i < n_values; ++i)
         if (x[i] != x[i]) s = x[i];  // NaN
       return;
     }
     if (bm > m) {
-      if (m != -std::numeric_limits<float>::infinity()) {
-        const float factor = std::exp(m - bm);
-        a = factor * (a + (m - bm) * s);
-        s = factor * s;
+      if (m != kNegInfinity) {
+        const float shift = (m - bm) * scale;  // < 0; -inf when it overflows (tiny T)
+        const float factor = std::exp(shift);
+        if (factor > 0.0f) {
+          a = factor * (a + shift * s);
+          s = factor * s;
+        } else {
+          a = 0.0f;
+          s = 0.0f;
+        }
+        if (kExtras && n > 0.0f) d_sum += n * shift;
       }
       m = bm;
     }
     const VecF mv = vec::broadcast(m);
+    const VecF scale_v = vec::broadcast(scale);
     const VecF zero = vec::broadcast(0.0f);
-    VecF sv = zero, av = zero;
-    for (int64_t i = 0; i < n; i += vec::kLanes) {
-      const VecF d = vec::load(x + i) * scale_v - mv;
+    const VecF neg_inf = vec::broadcast(kNegInfinity);
+    const VecF one = vec::broadcast(1.0f);
+    VecF sv = zero, av = zero, dv = zero, nv = zero;
+    const bool masked = kExtras && -vec::hmax(-block_min) == kNegInfinity;
+    for (int64_t i = 0; i < n_values; i += vec::kLanes) {
+      const VecF xi = vec::load(x + i);
+      const VecF d = (xi - mv) * scale_v;
       const VecF e = vec::exp_nonpositive(d);
       sv += e;
       av += e > zero ? d * e : zero;  // -inf * 0 would be NaN; a NaN input reaches S through e
+      if constexpr (kExtras) {
+        if (masked) {
+          const auto finite = xi > neg_inf;  // masked entries (-inf) are not part of "uniform"
+          dv += finite ? d : zero;
+          nv += finite ? one : zero;
+        } else {
+          dv += d;
+        }
+      }
     }
     s += vec::hsum(sv);
     a += vec::hsum(av);
+    if constexpr (kExtras) {
+      d_sum += vec::hsum(dv);
+      n += masked ? vec::hsum(nv) : static_cast<float>(n_values);
+    }
   }
 
-  // H = log S - A / S (clamped at 0; NaN stays NaN) and lse = m + log S; an all -inf row: 0, -inf.
-  inline void finish(float* entropy, float* lse) const {
-    if (m == -std::numeric_limits<float>::infinity() && s == 0.0f) {
+  // True for a row without mass (all -inf).
+  inline bool empty() const { return m == -std::numeric_limits<float>::infinity() && s == 0.0f; }
+
+  // H = log S - A / S (clamped at 0; NaN stays NaN) and lse = m * scale + log S; an all -inf row:
+  // 0, -inf.
+  inline void finish(float* entropy, float* lse, float scale = 1.0f) const {
+    if (empty()) {
       *entropy = 0.0f;
       *lse = -std::numeric_limits<float>::infinity();
       return;
@@ -138,7 +181,15 @@ struct RowStats {
     const float log_s = std::log(s);
     const float h = log_s - a / s;
     *entropy = h < 0.0f ? 0.0f : h;
-    *lse = m + log_s;
+    *lse = m * scale + log_s;
+  }
+
+  // The self-certainty term KL(U || p) = log S - D / n - log n over the n finite entries (needs
+  // kExtras); 0 for a row without mass. +inf where D overflows (a tiny T).
+  inline float self_certainty() const {
+    if (empty() || !(n > 0.0f)) return 0.0f;
+    const float value = std::log(s) - d_sum / n - std::log(n);
+    return value < 0.0f ? 0.0f : value;  // KL >= 0; rounding may leave -1e-7
   }
 };
 
