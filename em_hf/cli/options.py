@@ -63,11 +63,18 @@ def add_model_options(parser: argparse.ArgumentParser, *, quantize: bool = True)
 
 
 def add_generation_options(
-    parser: argparse.ArgumentParser, *, max_new_tokens: int, batch_size: int, threads: bool = True
+    parser: argparse.ArgumentParser, *, max_new_tokens: int | None, batch_size: int, threads: bool = True
 ) -> None:
-    """``--max-new-tokens``, ``--batch-size``, ``--no-progress`` and (optionally) ``--threads``."""
+    """``--max-new-tokens``, ``--batch-size``, ``--no-progress`` and (optionally) ``--threads``.
+    ``max_new_tokens=None``: the command picks the budget from its benchmarks (``em-hf eval``)."""
     parser.add_argument(
-        "--max-new-tokens", type=positive_int, default=max_new_tokens, help="(default: %(default)s)"
+        "--max-new-tokens",
+        type=positive_int,
+        default=max_new_tokens,
+        help="new tokens per answer (default: %(default)s)"
+        if max_new_tokens is not None
+        else "new tokens per answer (default: per benchmark: 32 for arithmetic, 3072 for math, physics "
+        "and code; the largest of the run's benchmarks)",
     )
     parser.add_argument(
         "--batch-size",
@@ -77,7 +84,10 @@ def add_generation_options(
     )
     if threads:
         parser.add_argument(
-            "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
+            "--threads",
+            type=positive_int,
+            default=None,
+            help="torch CPU threads (default: torch's, one per physical core)",
         )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

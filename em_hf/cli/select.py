@@ -34,13 +34,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument(
         "--k", type=options.positive_int, default=8, help="samples per prompt (default: %(default)s)"
     )
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)"
+    )
     options.add_generation_options(parser, max_new_tokens=256, batch_size=64, threads=False)
     parser.add_argument(
         "--top", type=options.positive_int, default=10, help="rows to print (default: %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    parser.add_argument("--output", default=None, help="also write all ranked rows to this JSONL file")
+    parser.add_argument(
+        "--output", default=None, help="also write all ranked rows to this JSONL file (default: none)"
+    )
     return parser
 
 

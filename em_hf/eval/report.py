@@ -27,9 +27,11 @@ __all__ = [
     "format_details",
     "format_seed_table",
     "format_table",
+    "log_axis_ticks",
     "pass_at_k",
     "plot_accuracy_vs_flops",
     "summarize",
+    "tick_labels",
     "wilson_interval",
 ]
 
@@ -299,6 +301,61 @@ def format_seed_table(summaries: Sequence[MethodSummary]) -> str:
     return "\n".join(lines)
 
 
+def log_axis_ticks(low: float, high: float) -> list[float]:
+    """Tick positions for a log axis over ``[low, high]`` (both > 0): powers of ten when the range spans
+    three or more of them, else 1-2-5 or 1-9 multiples, else (a range inside one step of those) evenly
+    spaced round values, so that a short range still gets at least two ticks.
+
+    Examples:
+        >>> log_axis_ticks(1e9, 1e12)
+        [1000000000.0, 10000000000.0, 100000000000.0, 1000000000000.0]
+        >>> log_axis_ticks(2.05e10, 2.4e10)
+        [21000000000.0, 22000000000.0, 23000000000.0, 24000000000.0]
+    """
+    if not (0 < low < high and math.isfinite(high)):
+        raise ValueError(f"`low` and `high` must satisfy 0 < low < high < inf, got {low!r} and {high!r}.")
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    for subs in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [float(m * 10.0**e) for e in range(first, last + 1) for m in subs]
+        ticks = [t for t in ticks if low <= t <= high]
+        if len(ticks) >= 3:
+            return ticks
+    # A short range: round values with a 1-2-5 spacing, the coarsest that gives 3 to 6 ticks (else 2).
+    fallback = [low, high]
+    for digits in range(1 - last, 16 - first):
+        for step_mantissa in (5, 2, 1):
+            step = step_mantissa * 10.0**-digits
+            span = range(math.ceil(low / step), math.floor(high / step) + 1)
+            ticks = [float(round(k * step, digits + 1)) for k in span]
+            if 3 <= len(ticks) <= 6:
+                return ticks
+            if len(ticks) == 2 and fallback == [low, high]:
+                fallback = ticks
+    return fallback
+
+
+def tick_labels(ticks: Sequence[float]) -> list[str]:
+    """Short labels for ``ticks`` (``2e10``, ``2.1e10``): the fewest significant digits that tell every
+    tick apart.
+
+    Examples:
+        >>> tick_labels([2.1e10, 2.2e10, 5e11])
+        ['2.1e10', '2.2e10', '5.0e11']
+        >>> tick_labels([1e9, 1e10])
+        ['1e9', '1e10']
+    """
+
+    def label(value: float, digits: int) -> str:
+        mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+
+    for digits in range(1, 8):
+        labels = [label(t, digits) for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [repr(t) for t in ticks]
+
+
 def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: str | Path, title: str = "") -> Path:
     """Accuracy (with the 95% interval) against FLOPs per item, one panel per benchmark and one
     marker per method (Unreasonable Effectiveness of EM, Figure 1); saved to ``path`` (PNG/SVG/PDF by
@@ -315,7 +372,7 @@ def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: str | Path,
     methods, benchmarks = _methods_and_benchmarks(summaries)
     markers = "osD^vP*Xh<>p"
     colors = plt.get_cmap("tab10")
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 
     legend_rows = (len(methods) + 3) // 4  # under the panels
     figure, axes = plt.subplots(
@@ -337,8 +394,9 @@ def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: str | Path,
                 label=method,
             )
         axis.set_xscale("log")
-        axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.0e}"))
+        ticks = log_axis_ticks(*axis.get_xlim())
+        axis.xaxis.set_major_locator(FixedLocator(ticks))
+        axis.xaxis.set_major_formatter(FixedFormatter(tick_labels(ticks)))
         axis.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log range
         axis.set_xlabel("FLOPs per item (2PD)")
         axis.set_ylabel("accuracy (%)")

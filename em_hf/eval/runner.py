@@ -40,7 +40,7 @@ from em_hf.generation.prompts import render_prompt
 from em_hf.utils.files import FolderLockedError, atomic_write_text, file_lock
 from em_hf.utils.validation import check_int
 
-__all__ = ["EvalRun", "evaluate", "read_records", "split_specs"]
+__all__ = ["EvalRun", "check_resumable", "evaluate", "read_records", "split_specs"]
 
 ITEMS_FILE = "items.jsonl"
 CONFIG_FILE = "config.json"
@@ -128,6 +128,30 @@ class EvalRun:
     plot_path: Path | None = None
     seconds: float = 0.0
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def check_resumable(out_dir: str | Path, settings: dict) -> None:
+    """Raise ``ValueError`` when ``out_dir`` holds a run whose ``config.json`` differs from ``settings``
+    (any subset of its keys but ``templates``: ``model``, ``max_new_tokens``, ``engine``, ...), so that a
+    command line can refuse a mismatched resume before it loads the model. Nothing to check: returns.
+
+    Examples:
+        >>> import tempfile
+        >>> from em_hf.eval.runner import check_resumable
+        >>> check_resumable(tempfile.mkdtemp(), {"model": "default"})  # no run there yet
+    """
+    path = Path(out_dir) / CONFIG_FILE
+    if not path.is_file():
+        return
+    previous = {**_CONFIG_DEFAULTS, **json.loads(path.read_text(encoding="utf-8"))}
+    changed = {
+        k: (previous.get(k), v) for k, v in settings.items() if k != "templates" and previous.get(k) != v
+    }
+    if changed:
+        raise ValueError(
+            f"{out_dir} holds a run with other settings {changed} (before, now); resuming would mix "
+            "them. Use another output folder (--out), or delete that one."
+        )
 
 
 def _check_config(out_dir: Path, config: dict) -> None:

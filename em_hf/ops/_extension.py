@@ -1,9 +1,12 @@
 """Build-on-first-use loading of the compiled entropy kernels (``em_hf/ops/csrc``).
 
 The C++ sources are compiled with ``torch.utils.cpp_extension.load`` the first time a kernel is
-needed (about a minute on 2 cores; one log line says so) and cached by torch in
-``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); later imports load the cached
-library in well under a second. Build ahead of time with ``em-hf build-ops``.
+needed (about a minute on 2 cores; one log line says so) into a cache of the user's, not of the
+checkout: ``$EM_HF_CACHE/kernels`` (default ``~/.cache/em_hf/kernels``), one folder per instruction
+set, source hash, torch version and compiler flags (:func:`build_directory`). The sources are copied
+there before the build, so every checkout, virtual environment and command with the same sources
+and torch (``make test``, ``em-hf build-ops``, a later script) loads the same library in well under
+a second instead of compiling again. Build ahead of time with ``em-hf build-ops``.
 
 The CPU sources are compiled with ``-march=native``, so the cached library runs only on CPUs with
 the instruction set of the machine that built it. Its name therefore carries a short key of that
@@ -31,7 +34,17 @@ import torch
 
 from em_hf.utils.logging import get_logger
 
-__all__ = ["BACKEND_ENV", "backend", "build", "extension_name", "isa_key", "kernels_available", "source_key"]
+__all__ = [
+    "BACKEND_ENV",
+    "backend",
+    "build",
+    "build_directory",
+    "extension_name",
+    "isa_key",
+    "kernel_cache_dir",
+    "kernels_available",
+    "source_key",
+]
 
 BACKEND_ENV = "EM_HF_ENTROPY_BACKEND"
 _CHOICES = ("auto", "torch", "cpp")
@@ -40,6 +53,10 @@ _CPU_SOURCES = ("schemas.cpp", "entropy_cpu.cpp", "em_inf_cpu.cpp")
 # Built only where torch is a CUDA build and the CUDA toolkit is found (see _with_cuda).
 _CUDA_SOURCES = ("entropy_cuda.cpp", "entropy_cuda_kernels.cu")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_CFLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp")
+_CUDA_CFLAGS = ("-O3", "-std=c++17")
+_LDFLAGS = ("-fopenmp",)
+_CACHE_ENV = "EM_HF_CACHE"  # the package's cache root, shared with the default model's copy
 _CPUINFO = Path("/proc/cpuinfo")
 # The /proc/cpuinfo fields that list the instruction-set extensions (x86; ARM, RISC-V).
 _FEATURE_FIELDS = ("flags", "features", "isa")
@@ -71,12 +88,12 @@ def isa_key(cpuinfo: str | None = None, machine: str | None = None) -> str:
     return hashlib.sha256(f"{machine}\n{features}".encode()).hexdigest()[:10]
 
 
-def source_key(folder: Path = _CSRC) -> str:
-    """A short hash of the kernel sources (every file of ``csrc/``, by name and content): checkouts or
-    installs with the same sources share one compiled library, different sources never load each
-    other's (their op schemas may differ)."""
+def source_key(folder: Path | None = None) -> str:
+    """A short hash of the kernel sources (every file of ``csrc/``, or of ``folder``, by name and
+    content): checkouts or installs with the same sources share one compiled library, different
+    sources never load each other's (their op schemas may differ)."""
     digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
+    for path in sorted((_CSRC if folder is None else folder).iterdir()):
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:10]
@@ -86,6 +103,42 @@ def extension_name(with_cuda: bool = False) -> str:
     """The name under which torch builds and caches the kernels on this host: one per instruction set
     and version of the sources, and separate entries with and without the CUDA kernels."""
     return f"em_hf_entropy_{'cuda' if with_cuda else 'cpu'}_{isa_key()}_{source_key()}"
+
+
+def kernel_cache_dir() -> Path:
+    """The folder that holds every compiled build of the kernels: ``$EM_HF_CACHE/kernels`` (default
+    ``~/.cache/em_hf/kernels``)."""
+    root = os.environ.get(_CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "em_hf")
+    return Path(root) / "kernels"
+
+
+def build_directory(with_cuda: bool = False) -> Path:
+    """The build folder of this host's kernels: :func:`kernel_cache_dir` / :func:`extension_name` (keyed
+    by the instruction set and the sources) / the torch version and compiler flags. It holds a copy of
+    the sources, so it depends on no checkout: every checkout of the same sources shares it."""
+    flags = hashlib.sha256(repr((_CFLAGS, _CUDA_CFLAGS, _LDFLAGS)).encode()).hexdigest()[:6]
+    return kernel_cache_dir() / extension_name(with_cuda) / f"torch-{torch.__version__}-{flags}"
+
+
+def _source_files(with_cuda: bool) -> list[Path]:
+    return [_CSRC / source for source in _CPU_SOURCES + (_CUDA_SOURCES if with_cuda else ())]
+
+
+def _header_files() -> list[Path]:
+    return sorted(path for path in _CSRC.iterdir() if path.suffix in (".h", ".cuh"))
+
+
+def _copy_sources(folder: Path, with_cuda: bool) -> list[Path]:
+    """Copy the sources and headers into ``folder/src`` (unchanged files are left alone, so their
+    times stay and ninja does not rebuild) and return the copied sources."""
+    target = folder / "src"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in _source_files(with_cuda) + _header_files():
+        copy = target / path.name
+        data = path.read_bytes()
+        if not copy.is_file() or copy.read_bytes() != data:
+            copy.write_bytes(data)
+    return [target / path.name for path in _source_files(with_cuda)]
 
 
 def _with_cuda() -> bool:
@@ -102,22 +155,6 @@ def _requested() -> str:
     return value
 
 
-def _needs_compilation(name: str, sources: list[Path]) -> bool:
-    """Whether loading ``name`` will compile: no library of that name in torch's build folder yet,
-    or one older than a source (torch then rebuilds under a new version). True when unsure."""
-    from torch.utils import cpp_extension
-
-    try:
-        folder = Path(cpp_extension._get_build_directory(name, verbose=False))
-    except Exception:  # a private helper of torch: if it changes, say that a build may follow
-        return True
-    libraries = list(folder.glob(f"{name}*.so")) + list(folder.glob(f"{name}*.pyd"))
-    if not libraries:
-        return True
-    newest_source = max(path.stat().st_mtime for path in sources)
-    return max(path.stat().st_mtime for path in libraries) < newest_source
-
-
 def build(verbose: bool = False) -> None:
     """Compile the C++ (and, where possible, CUDA) kernels of ``em_hf.ops``, or load them from
     torch's extension cache, and register the ops ``torch.ops.em_hf.*``.
@@ -125,7 +162,8 @@ def build(verbose: bool = False) -> None:
     Called on first use by every op of ``em_hf.ops``; call it ahead of time (or run
     ``em-hf build-ops``) so that the first ``generate`` or training step does not wait for the
     compiler. A compilation (about a minute on 2 cores) is announced by one line on the ``em_hf``
-    logger; a library built before for this CPU's instruction set is loaded in under a second. The
+    logger; a library built before for this CPU's instruction set, these sources and this torch (by
+    any checkout: :func:`build_directory`) is loaded in under a second, without a word. The
     CUDA kernels are included when torch is a CUDA build and the CUDA toolkit is installed (their
     architectures follow ``TORCH_CUDA_ARCH_LIST``, else the visible GPU). Does nothing once the
     kernels are loaded.
@@ -157,24 +195,29 @@ def build(verbose: bool = False) -> None:
 
         with_cuda = _with_cuda()
         name = extension_name(with_cuda)
-        sources = [_CSRC / source for source in _CPU_SOURCES + (_CUDA_SOURCES if with_cuda else ())]
-        headers = [path for path in _CSRC.iterdir() if path.suffix in (".h", ".cuh")]
-        if _needs_compilation(name, sources + headers):
+        folder = build_directory(with_cuda)
+        library = folder / f"{name}.so"
+        if library.is_file():
+            torch.ops.load_library(str(library))
+        else:
             logger.info(
-                "compiling the C++%s entropy kernels (about a minute, once per machine; `em-hf build-ops` "
-                "does it ahead of time)",
+                "building the em_hf C++%s kernels: about a minute, once per machine (cached in %s; "
+                "`em-hf build-ops` does it ahead of time)",
                 "/CUDA" if with_cuda else "",
+                folder,
             )
-        cpp_extension.load(
-            name=name,
-            sources=[str(path) for path in sources],
-            extra_cflags=["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"],
-            extra_cuda_cflags=["-O3", "-std=c++17"],
-            extra_ldflags=["-fopenmp"],
-            with_cuda=with_cuda,
-            is_python_module=False,
-            verbose=verbose,
-        )
+            sources = _copy_sources(folder, with_cuda)
+            cpp_extension.load(
+                name=name,
+                sources=[str(path) for path in sources],
+                extra_cflags=list(_CFLAGS),
+                extra_cuda_cflags=list(_CUDA_CFLAGS),
+                extra_ldflags=list(_LDFLAGS),
+                build_directory=str(folder),
+                with_cuda=with_cuda,
+                is_python_module=False,
+                verbose=verbose,
+            )
         from em_hf.ops._registration import register_python_parts
 
         register_python_parts()

@@ -5,6 +5,10 @@ Imported lazily: ``import em_hf.trainers`` does not import trl or peft until a n
 from __future__ import annotations
 
 from em_hf.utils.lazy import exports_by_name, lazy_module_attributes
+from em_hf.utils.quiet import quiet_bitsandbytes_logs
+
+# Before trl (and with it bitsandbytes) is imported by a trainer module: see em_hf.utils.quiet.
+quiet_bitsandbytes_logs()
 
 _EXPORTS = exports_by_name(
     {

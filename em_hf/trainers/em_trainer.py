@@ -33,6 +33,7 @@ from transformers.utils import is_peft_available
 
 from em_hf.generation.prompts import Prompt, left_pad, render_prompt, render_prompts
 from em_hf.generation.recording import completion_mask as completion_mask_from_ids
+from em_hf.models import prepare_tokenizer
 from em_hf.trainers.checkpoints import CompleteCheckpointsMixin
 from em_hf.trainers.em_config import EntropyMinConfig
 from em_hf.trainers.em_loss import (
@@ -42,6 +43,7 @@ from em_hf.trainers.em_loss import (
     fused_head_unsupported_reason,
     reference_token_logps,
 )
+from em_hf.utils.quiet import training_warnings_filtered
 from em_hf.utils.validation import check_generation_kwargs, check_pad_token_id, check_prompt_dataset
 
 __all__ = ["EntropyMinTrainer"]
@@ -202,6 +204,8 @@ class EntropyMinTrainer(CompleteCheckpointsMixin, Trainer):
                 "`processing_class=AutoTokenizer.from_pretrained(...)`."
             )
         self._check_tokenizer(processing_class)
+        # Left padding recorded in the tokenizer, so that `save_model` writes one that reloads with it.
+        prepare_tokenizer(processing_class)
         check_pad_token_id(processing_class, model)
         if peft_config is not None:
             model = self._wrap_peft(model, peft_config, args)
@@ -243,6 +247,14 @@ class EntropyMinTrainer(CompleteCheckpointsMixin, Trainer):
         self._last_loaded_step = -1  # the global step whose weights the vLLM engine holds
 
     # ----------------------------------------------------------------------------------------- set-up
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``transformers.Trainer.train``, with the known third-party warnings of a training run on a CPU
+        (torch's unpinned-memory note) filtered by message and module
+        (:func:`em_hf.utils.quiet.training_warnings_filtered`); every other warning shows."""
+        with training_warnings_filtered():
+            return super().train(*args, **kwargs)
+
     @staticmethod
     def _load_model(name: str, args: EntropyMinConfig):
         from em_hf.models import load_model

@@ -34,6 +34,13 @@ LABEL_FREE_REWARDS = (
 PAPER_EM_RL = {"num_generations": 4, "beta": 0.001, "learning_rate": 1e-6}
 
 
+def bf16_available() -> bool:
+    """Whether bf16 mixed precision can train here: a CUDA GPU that supports bf16."""
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 @dataclass
 class EMRLOOConfig(RLOOConfig):
     r"""``trl.RLOOConfig`` with the EM-RL reward (Unreasonable Effectiveness of EM, sec. 3.2).
@@ -78,6 +85,16 @@ class EMRLOOConfig(RLOOConfig):
 
     ``num_generations`` must be at least 2: the RLOO baseline of a completion is the mean reward of
     the other completions of its prompt. Use :meth:`paper` for the paper's values.
+
+    **Precision follows the hardware.** trl's ``bf16`` defaults to `True`, which stops a machine without
+    a bf16 GPU at once ("Your setup doesn't support bf16/gpu"). Here ``bf16`` left unset (`None`) becomes
+    `True` only where ``torch.cuda.is_available()`` and the GPU supports bf16, else `False` (float32;
+    training then runs on the CPU without ``use_cpu``). A ``bf16`` or ``fp16`` you set is kept as it is.
+
+    **The sizes are trl's** unless you set them: 3 epochs over the dataset (``num_train_epochs``), 8
+    completions per device and micro-step, completions of up to 512 tokens, gradient checkpointing on. On
+    a CPU set ``max_steps``, ``max_completion_length`` and ``per_device_train_batch_size`` (README: a
+    CPU-sized run and its time).
 
     Examples:
         >>> from em_hf import EMRLOOConfig
@@ -126,6 +143,8 @@ class EMRLOOConfig(RLOOConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = bf16_available()
         if isinstance(self.em_reward, str) and self.em_reward.lower() in ("none", "null", ""):
             self.em_reward = None  # the CLI passes strings
         if self.em_reward is not None and self.em_reward not in EM_REWARDS:

@@ -53,6 +53,7 @@ from packaging.version import Version
 from trl import RLOOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from em_hf.models import prepare_tokenizer
 from em_hf.ops import linear_token_entropy
 from em_hf.rewards import (
     completion_text,
@@ -65,6 +66,7 @@ from em_hf.rewards import (
 from em_hf.trainers.checkpoints import CompleteCheckpointsMixin
 from em_hf.trainers.emrloo_config import EM_REWARDS, EMRLOOConfig
 from em_hf.utils.answers import extract_answer
+from em_hf.utils.quiet import training_warnings_filtered
 from em_hf.utils.validation import check_generation_kwargs, check_pad_token_id, check_prompt_dataset
 
 __all__ = ["SUPPORTED_TRL", "EMRLOOTrainer", "check_trl_version"]
@@ -325,6 +327,9 @@ class EMRLOOTrainer(CompleteCheckpointsMixin, RLOOTrainer):
                 )
         finally:
             args.reward_weights = user_weights
+        # trl pads on the left at run time; record it in the tokenizer so that `save_model` writes a
+        # tokenizer that reloads with left padding (batched generate needs it).
+        prepare_tokenizer(self.processing_class)
         check_pad_token_id(self.processing_class, self.accelerator.unwrap_model(self.model))
         weights = list(user_weights) if user_weights is not None else [1.0] * len(user_funcs)
         if self._em_kind is not None:
@@ -335,6 +340,13 @@ class EMRLOOTrainer(CompleteCheckpointsMixin, RLOOTrainer):
             _check_plain_lm_head(self.model)
 
     # ---- The hook: capture the sampling policy's scores of the completions (trl's own forward). ----
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``trl.RLOOTrainer.train``, with the known third-party warnings of a training run on a CPU
+        (torch's unpinned-memory note) filtered by message and module
+        (:func:`em_hf.utils.quiet.training_warnings_filtered`); every other warning shows."""
+        with training_warnings_filtered():
+            return super().train(*args, **kwargs)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """trl's generate-and-score step, with the hook armed for its first policy scoring call."""

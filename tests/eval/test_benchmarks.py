@@ -91,7 +91,7 @@ def test_missing_everywhere_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"aime.*Hugging Face Hub.*EM_HF_BENCHMARKS"):
         load_benchmark("aime")
-    with pytest.raises(FileNotFoundError, match=r"no Hugging Face Hub source.*leetcode\.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"leetcode\.jsonl.*no Hugging Face Hub source"):
         load_benchmark("leetcode")
     monkeypatch.setenv(BENCHMARKS_ENV, str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="not a folder"):
@@ -129,3 +129,59 @@ def test_bad_limit():
 def test_registry_names():
     assert set(EXPECTED_ROWS) | {"arithmetic"} == set(BENCHMARKS)
     assert parse_benchmark(" MATH500:level=2 ") == ("math500", {"level": "2"})
+
+
+def test_offline_fails_at_once_saying_where_the_file_comes_from_and_its_format(tmp_path, monkeypatch):
+    import datasets
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("load_dataset must not be called (and retry) when offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
+    monkeypatch.setenv(BENCHMARKS_ENV, str(tmp_path))  # empty folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError) as caught:
+        load_benchmark("math500")
+    message = str(caught.value)
+    for part in (
+        "math500.json",  # the file
+        "--benchmark-dir",  # where it may be given
+        "$EM_HF_BENCHMARKS/math500.json",
+        "shared/benchmarks/math500.json",
+        "'HuggingFaceH4/MATH-500'",  # the Hub source
+        "JSON Lines",  # the format
+        "question from 'problem'",  # the keys a row needs
+        "answer from 'expected_answer' or 'answer'",
+        "not reachable",
+    ):
+        assert part in message, (part, message)
+
+
+def test_hub_reachable_follows_the_offline_variables_and_the_endpoint(monkeypatch):
+    from em_hf.eval.benchmarks import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert hub_reachable() is False
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    assert hub_reachable(timeout_s=1.0) is False
+
+
+def test_describe_source_of_every_benchmark_names_its_file_or_says_it_is_generated():
+    from em_hf.eval.benchmarks import BENCHMARKS, describe_source
+
+    for name, spec in BENCHMARKS.items():
+        text = describe_source(spec)
+        assert f"Benchmark {name!r}" in text
+        assert (spec.filename in text) if spec.filename else ("generated" in text)
+
+
+def test_default_max_new_tokens_follows_the_tasks():
+    from em_hf.eval.benchmarks import MAX_NEW_TOKENS, default_max_new_tokens
+
+    assert default_max_new_tokens(["arithmetic:n=5"]) == MAX_NEW_TOKENS["arithmetic"] == 32
+    assert default_max_new_tokens(["leetcode"]) == MAX_NEW_TOKENS["code"]
+    assert default_max_new_tokens(["arithmetic", "ugphysics"]) == MAX_NEW_TOKENS["physics"]
+    with pytest.raises(ValueError, match="Unknown benchmark"):
+        default_max_new_tokens(["gsm8k"])

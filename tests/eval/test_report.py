@@ -14,9 +14,11 @@ from em_hf.eval.report import (
     auroc,
     format_details,
     format_table,
+    log_axis_ticks,
     pass_at_k,
     plot_accuracy_vs_flops,
     summarize,
+    tick_labels,
     wilson_interval,
 )
 
@@ -144,3 +146,37 @@ def test_plot_is_written(tmp_path):
     assert path.is_file() and path.stat().st_size > 1000
     with pytest.raises(ValueError, match="empty"):
         plot_accuracy_vs_flops([], tmp_path / "x.png")
+
+
+@pytest.mark.parametrize(
+    "low, high",
+    [(1e9, 1e12), (2.05e10, 2.4e10), (8e10, 3.5e11), (2e10, 3.5e10), (1.0e10, 1.01e10), (3e9, 9e9)],
+)
+def test_log_axis_ticks_fall_in_the_range_and_have_distinct_labels(low, high):
+    ticks = log_axis_ticks(low, high)
+    labels = tick_labels(ticks)
+    assert 2 <= len(ticks) <= 9 and ticks == sorted(ticks)
+    assert all(low <= t <= high for t in ticks)
+    assert len(set(labels)) == len(labels)
+    for tick, label in zip(ticks, labels, strict=True):  # a label reads back as its tick, to its digits
+        assert math.isclose(float(label), tick, rel_tol=0.05)
+    with pytest.raises(ValueError, match="0 < low < high"):
+        log_axis_ticks(5.0, 5.0)
+
+
+def test_plot_x_labels_are_distinct_on_a_narrow_flops_range(tmp_path, monkeypatch):
+    """Methods within one 1-9 step of FLOPs (as arithmetic runs are) used to get identical labels."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    records = [
+        _record("arithmetic", m, 0, str(i), i % 2 == 0, 0.1 * i, flops=f)
+        for m, f in (("greedy", 2.05e10), ("sample", 2.2e10), ("em-inf", 2.4e10))
+        for i in range(4)
+    ]
+    plot_accuracy_vs_flops(summarize(records), tmp_path / "plot.png")
+    (axis,) = [a for a in figures[0].axes if a.get_title() == "arithmetic"]
+    low, high = axis.get_xlim()
+    labels = [t.get_text() for t in axis.get_xticklabels() if low <= t.get_position()[0] <= high]
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels

@@ -158,3 +158,52 @@ def test_cli_reports_bad_specs(tmp_path, capsys):
     assert "Unknown benchmark 'gsm8k'" in capsys.readouterr().err
     assert main(["eval", "--benchmark", "arithmetic", "--methods", "greedy-sc", "--out", str(tmp_path)]) == 2
     assert "identical trajectories" in capsys.readouterr().err
+
+
+def test_cli_defaults_out_to_a_new_printed_folder_and_max_new_tokens_to_the_benchmark(
+    saved_tiny_model, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "--model", str(saved_tiny_model), "--benchmark", "arithmetic:n=2", "--methods", "greedy"]
+    assert main([*argv, "--no-progress", "--no-plot"]) == 0
+    err = capsys.readouterr().err
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("eval-")
+    assert f"--out runs/{runs[0].name}" in err
+    assert "--max-new-tokens 32" in err  # arithmetic's budget
+    config = json.loads((runs[0] / "config.json").read_text())
+    assert config["max_new_tokens"] == 32
+
+
+def test_cli_refuses_a_mismatched_resume_before_loading_the_model(
+    saved_tiny_model, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "run"
+    argv = ["eval", "--model", str(saved_tiny_model), "--benchmark", "arithmetic:n=2", "--methods", "greedy"]
+    assert main([*argv, "--max-new-tokens", "3", "--out", str(out), "--no-progress", "--no-plot"]) == 0
+    capsys.readouterr()
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model must not be loaded before the settings check")
+
+    monkeypatch.setattr("em_hf.models.load_model", no_loading)
+    assert main([*argv, "--max-new-tokens", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "max_new_tokens" in err and "(3, 4)" in err
+
+
+def test_every_option_of_every_subcommand_shows_its_default(capsys):
+    import argparse
+
+    from em_hf.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if not action.option_strings or action.nargs == 0 or action.required:
+                continue  # positionals, flags (store_true, --help) and required options
+            if "default" not in (action.help or ""):
+                missing.append(f"{name} {action.option_strings[0]}")
+    assert not missing, f"options whose --help shows no default: {missing}"

@@ -2,7 +2,8 @@
 build."""
 
 import logging
-import os
+import shutil
+from pathlib import Path
 
 import pytest
 from torch.utils import cpp_extension
@@ -84,29 +85,48 @@ def em_hf_records():
 
 
 def test_build_logs_one_line_before_compiling_and_none_when_cached(monkeypatch, tmp_path, em_hf_records):
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("EM_HF_CACHE", str(tmp_path))
     monkeypatch.setattr(extension, "_with_cuda", lambda: False)
     monkeypatch.setattr("em_hf.ops._registration.register_python_parts", lambda: None)
-    loads = []
+    compiled, loaded, names = [], [], []
 
-    def fake_load(name, **kwargs):
-        loads.append(name)
-        folder = tmp_path / name
-        folder.mkdir(exist_ok=True)
-        (folder / f"{name}.so").write_bytes(b"")  # what a real build leaves behind
+    def fake_load(name, sources, build_directory, **kwargs):
+        compiled.append((name, build_directory))
+        assert all(Path(source).is_file() for source in sources)  # the copies in the cache folder
+        (Path(build_directory) / f"{name}.so").write_bytes(b"")  # what a real build leaves behind
 
     monkeypatch.setattr(cpp_extension, "load", fake_load)
+    monkeypatch.setattr(extension.torch.ops, "load_library", loaded.append)
     for attempt in range(3):
         monkeypatch.setattr(
             extension, "_state", {"loaded": False, "error": None, "warned": False, "cuda": False}
         )
+        if attempt == 2:  # the sources changed (another version of em_hf): a new build, announced
+            monkeypatch.setattr(extension, "source_key", lambda folder=None: "0123456789")
         build()
         build()  # loaded: nothing more
-        if attempt == 1:  # a source edited after the build: torch recompiles, and so it is announced
-            library = tmp_path / loads[0] / f"{loads[0]}.so"
-            os.utime(library, (0, 0))
-    assert loads == [extension.extension_name()] * 3
+        names.append(extension.extension_name())
+    assert [c[0] for c in compiled] == [names[0], names[2]]
+    assert compiled[0][1] != compiled[1][1]
+    assert Path(compiled[0][1]).parent.parent == tmp_path / "kernels"
+    assert loaded == [str(Path(compiled[0][1]) / f"{names[1]}.so")]  # the second run loads the cached one
     messages = [record.getMessage() for record in em_hf_records]
-    assert len(messages) == 2, messages  # the first build and the one after the edit
-    assert all("compiling the C++ entropy kernels" in message for message in messages)
+    assert len(messages) == 2, messages  # the first build and the one after the change
+    assert all("building the em_hf C++ kernels: about a minute, once per machine" in m for m in messages)
     assert {record.name for record in em_hf_records} == {"em_hf.ops._extension"}
+
+
+def test_the_build_folder_does_not_depend_on_the_checkout(monkeypatch, tmp_path):
+    """Two checkouts of the same sources (another clone, a worktree) share one build."""
+    monkeypatch.setenv("EM_HF_CACHE", str(tmp_path / "cache"))
+    here = extension.build_directory()
+    clone = tmp_path / "clone" / "csrc"
+    shutil.copytree(extension._CSRC, clone)
+    monkeypatch.setattr(extension, "_CSRC", clone)
+    assert extension.build_directory() == here
+    assert here.parent.parent == tmp_path / "cache" / "kernels"
+    (clone / "entropy_cpu.cpp").write_text((clone / "entropy_cpu.cpp").read_text() + "\n// edited\n")
+    assert extension.build_directory() != here  # edited sources: another build
+    copies = extension._copy_sources(extension.build_directory(), with_cuda=False)
+    assert [c.name for c in copies] == list(extension._CPU_SOURCES)
+    assert copies[1].read_text().endswith("// edited\n")

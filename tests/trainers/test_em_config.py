@@ -35,6 +35,8 @@ def test_one_shot_preset_has_paper_2_hyperparameters(tmp_path):
     assert config.max_completion_length == 2048
     assert config.loss_normalization == "token_mean"
     assert config.beta == 0.0
+    assert config.save_only_model is True  # no 8-bytes-per-parameter optimizer state in checkpoints
+    assert EntropyMinConfig.one_shot(output_dir=str(tmp_path), save_only_model=False).save_only_model is False
 
 
 def test_one_shot_overrides_win_and_keep_the_rest(tmp_path):

@@ -599,3 +599,34 @@ def test_two_cpu_processes_train_in_lockstep(tmp_path):
         assert local[0][0] != local[1][0]
         expected = sum(loss * tokens for loss, tokens in local) / sum(tokens for _, tokens in local)
         assert entry["entropy"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_shot_checkpoints_hold_the_model_and_a_left_padding_tokenizer_only(tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = make_word_tokenizer()
+    tokenizer.padding_side = "right"  # a user's tokenizer as it may come
+    tokenizer.init_kwargs.pop("padding_side", None)
+    args = EntropyMinConfig.one_shot(
+        output_dir=str(tmp_path / "out"),
+        num_generations=2,
+        per_device_train_batch_size=2,
+        max_completion_length=4,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = EntropyMinTrainer(
+        model=make_tiny_llama(), args=args, train_dataset=PROMPTS[:1], processing_class=tokenizer
+    )
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    files = {path.name for path in checkpoint.iterdir()}
+    assert "model.safetensors" in files and "trainer_state.json" in files
+    assert not files & {"optimizer.pt", "scheduler.pt", "rng_state.pth"}, files  # weights only
+    trainer.save_model(str(tmp_path / "saved"))
+    for folder in (checkpoint, tmp_path / "saved"):
+        reloaded = AutoTokenizer.from_pretrained(folder)
+        assert (reloaded.padding_side, reloaded.pad_token) == ("left", tokenizer.pad_token)

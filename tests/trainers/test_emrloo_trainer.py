@@ -231,6 +231,42 @@ def test_config_presets_and_errors(tmp_path):
         EMRLOOConfig(output_dir=str(tmp_path), bf16=False, em_reward_weight=float("nan"))
 
 
+def test_precision_follows_the_hardware_unless_set(tmp_path, monkeypatch):
+    from em_hf.trainers import emrloo_config
+
+    # No bf16 GPU here: trl's default (bf16=True) would stop the run; left unset, it is float32.
+    expected = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert emrloo_config.bf16_available() is expected
+    assert EMRLOOConfig.paper(output_dir=str(tmp_path)).bf16 is expected  # no error on this machine
+    monkeypatch.setattr(emrloo_config, "bf16_available", lambda: False)
+    assert EMRLOOConfig.paper(output_dir=str(tmp_path)).bf16 is False
+    assert EMRLOOConfig.paper(output_dir=str(tmp_path), bf16=False).bf16 is False
+    # Where bf16 is available it is chosen; a value set by the user is never replaced.
+    monkeypatch.setattr(emrloo_config, "bf16_available", lambda: True)
+    if expected:
+        assert EMRLOOConfig.paper(output_dir=str(tmp_path)).bf16 is True
+    else:
+        with pytest.raises(ValueError, match="bf16"):  # chosen, and this machine has no bf16 GPU
+            EMRLOOConfig.paper(output_dir=str(tmp_path))
+    assert EMRLOOConfig.paper(output_dir=str(tmp_path), bf16=False).bf16 is False
+
+
+def test_saved_model_reloads_with_a_left_padding_tokenizer(tiny_path, tmp_path, word_tokenizer):
+    from transformers import AutoTokenizer
+
+    word_tokenizer.padding_side = "right"  # what a user's own tokenizer may have
+    word_tokenizer.init_kwargs.pop("padding_side", None)
+    trainer = EMRLOOTrainer(
+        model=load_tiny_llama(tiny_path),
+        args=make_args(tmp_path),
+        train_dataset=prompt_dataset(2),
+        processing_class=word_tokenizer,
+    )
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert (reloaded.padding_side, reloaded.pad_token) == ("left", word_tokenizer.pad_token)
+
+
 def test_trainer_errors(tiny_path, tmp_path, word_tokenizer):
     model = load_tiny_llama(tiny_path)
     dataset = prompt_dataset(2)
