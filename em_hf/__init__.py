@@ -35,6 +35,8 @@ _EXPORTS = exports_by_name(
             "EntropyMinConfig",
             "EntropyMinTrainer",
             "BenchmarkEarlyStoppingCallback",
+            "CollapseGuardCallback",
+            "CollapseGuardConfig",
             "EMRLOOConfig",
             "EMRLOOTrainer",
         ),
@@ -60,6 +62,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loade
     )
     from em_hf.trainers import (  # noqa: F401
         BenchmarkEarlyStoppingCallback,
+        CollapseGuardCallback,
+        CollapseGuardConfig,
         EMRLOOConfig,
         EMRLOOTrainer,
         EntropyMinConfig,

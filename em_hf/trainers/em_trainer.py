@@ -33,6 +33,7 @@ from transformers.utils import is_peft_available
 
 from em_hf.generation.prompts import Prompt, left_pad, render_prompt, render_prompts
 from em_hf.generation.recording import completion_mask as completion_mask_from_ids
+from em_hf.trainers.collapse_guard import CollapseGuardCallback, completion_collapse_metrics
 from em_hf.trainers.em_config import EntropyMinConfig
 from em_hf.trainers.em_loss import (
     check_completion_batch,
@@ -218,6 +219,15 @@ class EntropyMinTrainer(Trainer):
             eval_dataset = _as_prompt_dataset(eval_dataset, "eval_dataset")
         if train_dataset is not None:
             render_prompt(processing_class, train_dataset[0]["prompt"])  # fails early on a bad prompt
+        callbacks = list(callbacks or [])
+        self.collapse_guard: CollapseGuardCallback | None = next(
+            (c for c in callbacks if isinstance(c, CollapseGuardCallback)), None
+        )
+        if args.collapse_guard and self.collapse_guard is None:
+            self.collapse_guard = CollapseGuardCallback(
+                args.collapse_guard_config(), args.collapse_guard_action
+            )
+            callbacks.append(self.collapse_guard)  # last: it reads what the other callbacks logged
 
         # Trainer's leading parameters in its own order: model, args, data_collator, train_dataset,
         # eval_dataset, processing_class.
@@ -228,7 +238,7 @@ class EntropyMinTrainer(Trainer):
             train_dataset,
             eval_dataset,
             processing_class,
-            callbacks=callbacks,
+            callbacks=callbacks or None,
             optimizers=optimizers,
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
         )
@@ -458,6 +468,17 @@ class EntropyMinTrainer(Trainer):
         self._metrics[mode]["completions/clipped_ratio"].append(
             self.accelerator.gather(truncated.float()).mean().item()
         )
+        signals = completion_collapse_metrics(  # what the collapse guard reads
+            self.processing_class,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            self.args.repetition_ngram,
+        )
+        for key, value in signals.items():
+            local = torch.tensor([value], device=completion_ids.device)
+            self._metrics[mode][key].append(self.accelerator.gather(local).mean().item())
         return {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
