@@ -266,3 +266,23 @@ def test_restore_with_benchmark_restores_the_best_scoring_weights(tmp_path):
     assert guard.history[-1]["benchmark/accuracy"] == 0.1
     for name, param in trainer.model.named_parameters():
         torch.testing.assert_close(param.detach(), bench.weights[1][name], rtol=0, atol=0)
+
+
+def test_emrloo_trainer_logs_the_signals_and_runs_the_guard(tmp_path):
+    from em_hf.trainers.emrloo_trainer import EMRLOOTrainer
+    from tests.trainers.emrloo_helpers import load_tiny_llama, make_args, prompt_dataset, save_tiny_llama
+
+    path = save_tiny_llama(tmp_path / "tiny")
+    guard = CollapseGuardCallback(action="stop")
+    trainer = EMRLOOTrainer(
+        model=load_tiny_llama(path),
+        args=make_args(tmp_path, beta=0.0, max_steps=2),
+        train_dataset=prompt_dataset(8),
+        processing_class=make_word_tokenizer(),
+        callbacks=[guard],
+    )
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "entropy" in e]
+    assert len(logged) == 2 and all(key in e for e in logged for key in SIGNAL_KEYS)
+    assert all(1.0 <= e["completions/distinct_answers"] <= 4.0 for e in logged)  # 4 samples per prompt
+    assert [r["step"] for r in guard.history] == [1, 2]
