@@ -141,6 +141,9 @@ class EntropyMinTrainer(Trainer):
             the model when it is a string.
         callbacks (`list[TrainerCallback]`, *optional*):
             As for ``transformers.Trainer``, e.g. :class:`~em_hf.trainers.BenchmarkEarlyStoppingCallback`.
+            With ``args.collapse_guard`` (the ``one_shot()`` default) a
+            :class:`~em_hf.trainers.CollapseGuardCallback` is appended unless one is given (then
+            ``trainer.collapse_guard``).
         optimizers (`tuple`, *optional*, defaults to `(None, None)`):
             ``(optimizer, lr_scheduler)``, as for ``transformers.Trainer``.
         optimizer_cls_and_kwargs (`tuple`, *optional*):
