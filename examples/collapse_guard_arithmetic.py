@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from em_hf.data.arithmetic import ArithmeticProblem
 from em_hf.eval.evaluators import arithmetic_evaluator
@@ -28,6 +29,25 @@ from em_hf.models import load_model
 from em_hf.trainers import EntropyMinConfig, EntropyMinTrainer
 from em_hf.trainers.callbacks import BenchmarkEarlyStoppingCallback
 from em_hf.trainers.collapse_guard import CollapseGuardCallback, CollapseGuardConfig, detect_collapse
+
+
+class _Progress(TrainerCallback):
+    """Prints each step's signals, greedy accuracy and the guard's state as soon as they are known."""
+
+    def __init__(self, benchmark, guard):
+        self.benchmark, self.guard = benchmark, guard
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.guard.history and self.guard.history[-1]["step"] == state.global_step and "entropy" in logs:
+            accuracy = {r.step: r.value for r in self.benchmark.history}.get(state.global_step)
+            signals = {key: round(self.guard.history[-1].get(key, float("nan")), 4) for key in SIGNALS}
+            hits = [name for name, hit in self.guard.verdict.symptoms.items() if hit]
+            print(
+                f"step {state.global_step}: {signals} greedy accuracy after step: {accuracy} "
+                f"symptoms: {hits} fired_at: {self.guard.fired_at}",
+                flush=True,
+            )
+
 
 SIGNALS = (
     "entropy",
@@ -49,6 +69,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--max-completion-length", type=int, default=48)
     parser.add_argument("--items", type=int, default=60)
+    parser.add_argument("--eval-every", type=int, default=1, help="greedy accuracy every N steps")
     parser.add_argument("--out", default="runs/collapse_guard")
     args = parser.parse_args()
 
@@ -78,7 +99,7 @@ def main() -> None:
             args=config,
             train_dataset=[{"prompt": prompt}],
             processing_class=tokenizer,
-            callbacks=[benchmark, guard],
+            callbacks=[benchmark, guard, _Progress(benchmark, guard)],
         )
         trainer.train()
     accuracy = {record.step: record.value for record in benchmark.history}
