@@ -2,6 +2,7 @@
 
     python examples/collapse_guard_arithmetic.py --learning-rate 2e-5   # the collapsing run
     python examples/collapse_guard_arithmetic.py --learning-rate 2e-6   # a run that does not collapse
+    python examples/collapse_guard_arithmetic.py --replay runs/collapse_guard/result.json  # re-judge a run
 
 The one-shot run of examples/one_shot_em_arithmetic.py without the prompt search (the prompt that search
 picks, "Compute 12 - 11 + 10.", is given): 10 steps of EntropyMinConfig.one_shot with 16 samples per
@@ -15,6 +16,7 @@ step (the signals, greedy accuracy, the guard's verdict) and writes them to ``<o
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import tempfile
 import time
@@ -71,13 +73,17 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=60)
     parser.add_argument("--eval-every", type=int, default=1, help="greedy accuracy every N steps")
     parser.add_argument("--out", default="runs/collapse_guard")
+    parser.add_argument("--replay", default=None, help="re-apply the guard to a run's result.json or log")
     args = parser.parse_args()
+    if args.replay:
+        replay(args.replay)
+        return
 
     start = time.perf_counter()
     model, tokenizer = load_model(args.model)
     prompt = ArithmeticProblem(id="train", question=args.question, answer=args.answer).messages
     benchmark = BenchmarkEarlyStoppingCallback(
-        arithmetic_evaluator(args.items, method="greedy"), save_best=False
+        arithmetic_evaluator(args.items, method="greedy"), eval_steps=args.eval_every, save_best=False
     )
     guard_config = CollapseGuardConfig(metric=None)  # label-free: the guard never sees the accuracy
     guard = CollapseGuardCallback(guard_config, action="warn")
@@ -103,42 +109,61 @@ def main() -> None:
         )
         trainer.train()
     accuracy = {record.step: record.value for record in benchmark.history}
-    rows = []
-    for i, record in enumerate(guard.history):
-        verdict = detect_collapse(guard.history[: i + 1], guard_config)
-        step = record["step"]
-        rows.append(
-            {
-                "step": step,
-                **{key: record.get(key) for key in SIGNALS},
-                "greedy_accuracy_before_step": accuracy.get(step - 1),
-                "greedy_accuracy_after_step": accuracy.get(step),
-                "symptoms": [name for name, hit in verdict.symptoms.items() if hit],
-                "collapsed": verdict.collapsed,
-            }
-        )
+    history = [{"step": r["step"], **{key: r[key] for key in SIGNALS if key in r}} for r in guard.history]
+    print_table(args.learning_rate, history, accuracy, guard_config)
+    print(f"Total wall time {time.perf_counter() - start:.0f} s.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"settings": vars(args), "fired_at": guard.fired_at, "accuracy": accuracy, "history": history}
+    (out / "result.json").write_text(json.dumps(record, indent=2))
+
+
+def print_table(learning_rate: float, history: list[dict], accuracy: dict[int, float], config) -> None:
+    """One markdown row per step: the signals, greedy accuracy after the step, the guard's verdict."""
+    fired = next(
+        (r["step"] for i, r in enumerate(history) if detect_collapse(history[: i + 1], config).collapsed),
+        None,
+    )
     print(
-        f"lr {args.learning_rate:g}; base greedy accuracy {100 * accuracy[0]:.1f}%; "
-        f"guard fired at step {guard.fired_at}"
+        f"lr {learning_rate:g}; greedy accuracy before training {100 * accuracy[0]:.1f}%; "
+        f"guard fires at step {fired}"
     )
     print(
         "| step | entropy | distinct answers | length | repeated 4-grams | greedy acc. after step "
         "| symptoms | fires |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        after = row["greedy_accuracy_after_step"]
+    for i, row in enumerate(history):
+        verdict = detect_collapse(history[: i + 1], config)
+        after = accuracy.get(row["step"])
         print(
             f"| {row['step']} | {row['entropy']:.4f} | {row['completions/distinct_answers']:.2f} "
             f"| {row['completions/mean_length']:.1f} | {row['completions/repeated_ngram_share']:.3f} "
-            f"| {'-' if after is None else f'{100 * after:.1f}%'} | {', '.join(row['symptoms']) or '-'} "
-            f"| {'**yes**' if row['step'] == guard.fired_at else ''} |"
+            f"| {'-' if after is None else f'{100 * after:.1f}%'} "
+            f"| {', '.join(name for name, hit in verdict.symptoms.items() if hit) or '-'} "
+            f"| {'**yes**' if row['step'] == fired else ''} |"
         )
-    print(f"Total wall time {time.perf_counter() - start:.0f} s.")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"settings": vars(args), "fired_at": guard.fired_at, "accuracy": accuracy, "rows": rows}
-    (out / "result.json").write_text(json.dumps(record, indent=2))
+
+
+def replay(path: str) -> None:
+    """Re-apply the guard's current default thresholds to a finished run's result.json (or, for a run that
+    was stopped, to the progress lines of its log)."""
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        record = json.loads(text)
+        accuracy = {int(step): value for step, value in record["accuracy"].items()}
+        history, learning_rate = record["history"], record["settings"]["learning_rate"]
+    else:  # a log: "step N: {signals} greedy accuracy after step: X ..." lines
+        history, accuracy, learning_rate = [], {}, float("nan")
+        for line in text.splitlines():
+            if line.startswith("step ") and ": {" in line:
+                step = int(line.split(":")[0].split()[1])
+                signals = ast.literal_eval(line[line.index("{") : line.index("}") + 1])
+                history.append({"step": step, **signals})
+                value = line.split("greedy accuracy after step: ")[1].split()[0]
+                if value != "None":
+                    accuracy[step] = float(value)
+    print_table(learning_rate, history, accuracy, CollapseGuardConfig(metric=None))
 
 
 if __name__ == "__main__":

@@ -142,9 +142,9 @@ class EntropyMinConfig(TrainingArguments):
             ``collapse_guard=False`` there to turn it off). The trainer logs the signals it reads in any case.
         collapse_guard_action (`str`, *optional*, defaults to `"stop"`):
             ``"warn"``, ``"stop"`` or ``"restore"`` (stop and copy back the best weights it kept).
-        collapse_guard_window (`int`, *optional*, defaults to `3`):
+        collapse_guard_window (`int`, *optional*, defaults to `1`):
             The entropy drop counts within this many logged steps.
-        collapse_guard_entropy_drop (`float`, *optional*, defaults to `0.5`):
+        collapse_guard_entropy_drop (`float`, *optional*, defaults to `0.6`):
             Fraction of the entropy lost within the window that is a collapse (necessary symptom).
         collapse_guard_distinct_ratio (`float`, *optional*, defaults to `0.5`):
             Fewer answers: distinct final answers per prompt at most this times the first step's.
@@ -238,10 +238,10 @@ class EntropyMinConfig(TrainingArguments):
         metadata={"help": "On collapse: 'warn', 'stop', or 'restore' (stop, best weights back)."},
     )
     collapse_guard_window: int = field(
-        default=3, metadata={"help": "Steps within which the entropy drop counts."}
+        default=1, metadata={"help": "Steps within which the entropy drop counts."}
     )
     collapse_guard_entropy_drop: float = field(
-        default=0.5, metadata={"help": "Fraction of entropy lost within the window that is a collapse."}
+        default=0.6, metadata={"help": "Fraction of entropy lost within the window that is a collapse."}
     )
     collapse_guard_distinct_ratio: float = field(
         default=0.5, metadata={"help": "Fewer answers: distinct answers at most this times the first step's."}
