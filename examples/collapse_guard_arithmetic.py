@@ -125,7 +125,8 @@ def print_table(learning_rate: float, history: list[dict], accuracy: dict[int, f
         None,
     )
     print(
-        f"lr {learning_rate:g}; greedy accuracy before training {100 * accuracy[0]:.1f}%; "
+        f"lr {learning_rate:g}; greedy accuracy before training "
+        f"{'not logged' if 0 not in accuracy else f'{100 * accuracy[0]:.1f}%'}; "
         f"guard fires at step {fired}"
     )
     print(
