@@ -9,15 +9,13 @@ sec. 6 "EM helps only when the model's confidence is correlated with correctness
 :class:`CollapseGuardCallback` watches the signals that ``EntropyMinTrainer`` and ``EMRLOOTrainer`` log
 every step:
 
-==================================  =========================================================================
-logged key                          meaning
-==================================  =========================================================================
-``entropy``                         mean token entropy of the step's sampled completions
-``completions/mean_length``         mean completion length (tokens)
-``completions/distinct_answers``    distinct final answers among each prompt's completions, mean over prompts
-``completions/repeated_ngram_share``  share of a completion's token n-grams that repeat an earlier one
-``benchmark/<metric>``              benchmark score, when a ``BenchmarkEarlyStoppingCallback`` runs first
-==================================  =========================================================================
+- ``entropy``: mean token entropy of the step's sampled completions;
+- ``completions/mean_length``: mean completion length (tokens);
+- ``completions/distinct_answers``: distinct final answers among each prompt's completions, mean over
+  prompts (``EntropyMinTrainer`` counts within each micro-batch, so with gradient accumulation among the
+  completions that share one; ``EMRLOOTrainer`` within each generation batch);
+- ``completions/repeated_ngram_share``: share of a completion's token n-grams that repeat an earlier one;
+- ``benchmark/<metric>``: a benchmark score, when a ``BenchmarkEarlyStoppingCallback`` runs before it.
 
 The collapse signature, with every threshold a field of :class:`CollapseGuardConfig` (the baseline is the
 first logged step, i.e. the model before training):
