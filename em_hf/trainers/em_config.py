@@ -154,8 +154,9 @@ class EntropyMinConfig(TrainingArguments):
             More repetition: repeated n-gram share at least the first step's plus this.
         collapse_guard_accuracy_drop (`float`, *optional*, defaults to `0.03`):
             Lower score: a logged ``benchmark/accuracy`` this far under the best so far.
-        collapse_guard_min_corroborating (`int`, *optional*, defaults to `1`):
-            Corroborating symptoms (answers, length, repetition, score) needed with the entropy drop.
+        collapse_guard_min_corroborating (`int`, *optional*, defaults to `0`):
+            Corroborating symptoms (answers, length, repetition, score) needed with the entropy drop (0: the
+            entropy drop alone; the others are evidence).
         repetition_ngram (`int`, *optional*, defaults to `4`):
             n of the logged ``completions/repeated_ngram_share`` (token n-grams).
 
@@ -256,7 +257,7 @@ class EntropyMinConfig(TrainingArguments):
         default=0.03, metadata={"help": "Lower score: benchmark/accuracy this far under the best so far."}
     )
     collapse_guard_min_corroborating: int = field(
-        default=1, metadata={"help": "Corroborating symptoms needed together with the entropy drop."}
+        default=0, metadata={"help": "Corroborating symptoms needed together with the entropy drop."}
     )
     repetition_ngram: int = field(default=4, metadata={"help": "n of the logged repeated n-gram share."})
 

@@ -80,6 +80,26 @@ def _first_firing(history, config):
     return None
 
 
+def test_rerun_with_all_signals_fires_at_step_two():
+    # The rerun of the lr 2e-5 run (examples/collapse_guard_arithmetic.py): at step 2 only the entropy
+    # has moved (34% of step 1's); longer completions, the same 5 answers, repetition +0.10.
+    history = [
+        {"step": 1, "entropy": 0.3361, "completions/distinct_answers": 5.0, "completions/mean_length": 19.31,
+         "completions/repeated_ngram_share": 0.0678},
+        {"step": 2, "entropy": 0.1148, "completions/distinct_answers": 5.0, "completions/mean_length": 22.81,
+         "completions/repeated_ngram_share": 0.1715},
+    ]  # fmt: skip
+    verdict = detect_collapse(history, CollapseGuardConfig())
+    assert verdict.collapsed
+    assert verdict.symptoms == {
+        "entropy": True,
+        "distinct_answers": False,
+        "length": False,
+        "repetition": False,
+    }
+    assert not detect_collapse(history, CollapseGuardConfig(min_corroborating=1)).collapsed
+
+
 def test_readme_collapse_fires_at_step_two():
     # The README's one-shot run at lr 2e-5: entropy and completion length per step.
     history = _history([0.3672, 0.1398, 0.0055, 0.0016, 0.0005], length=[27.9, 19.5, 15.0, 15.0, 15.0])
@@ -95,7 +115,7 @@ def test_slow_entropy_decline_does_not_fire():
     assert _first_firing(history, CollapseGuardConfig()) is None
     # Within a window of 4 steps the same decline halves the entropy by step 5 (0.8**4 = 0.41); the length
     # reaches its threshold (0.75 * 30 = 22.5) at step 6, and the guard fires then.
-    slower = CollapseGuardConfig(window=4, entropy_drop=0.5)
+    slower = CollapseGuardConfig(window=4, entropy_drop=0.5, min_corroborating=1)
     assert detect_collapse(history[:5], slower).symptoms["entropy"]
     assert _first_firing(history, slower) == 6
 
@@ -112,18 +132,22 @@ def test_readme_slow_run_does_not_fire():
 def test_entropy_drop_alone_does_not_fire_and_corroboration_is_sticky():
     flat = [30.0] * 6
     history = _history([1.0, 0.3, 0.2, 0.2, 0.2, 0.2], length=flat, distinct=[4, 4, 4, 4, 1, 1])
-    # The entropy fell at step 2; the answers collapse to one at step 5 and then the guard fires.
-    assert _first_firing(history, CollapseGuardConfig()) == 5
-    verdict = detect_collapse(history, CollapseGuardConfig())
+    # By default the entropy cliff at step 2 is the signature.
+    assert _first_firing(history, CollapseGuardConfig()) == 2
+    # With one corroborating symptom required: the answers collapse to one at step 5, and it fires then.
+    strict = CollapseGuardConfig(min_corroborating=1)
+    assert _first_firing(history, strict) == 5
+    verdict = detect_collapse(history, strict)
     assert verdict.symptoms == {"entropy": True, "distinct_answers": True, "length": False}
 
 
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({}, 3),  # accuracy 0.30 -> 0.25 at step 3 (best 0.30, drop 0.05 >= 0.03)
-        ({"metric": None}, None),  # label-free only: nothing corroborates
-        ({"accuracy_drop": 0.1}, None),
+        ({"min_corroborating": 1}, 3),  # accuracy 0.30 -> 0.25 at step 3 (best 0.30, drop 0.05 >= 0.03)
+        ({"min_corroborating": 1, "metric": None}, None),  # label-free only: nothing corroborates
+        ({"min_corroborating": 1, "accuracy_drop": 0.1}, None),
+        ({}, 2),  # the entropy cliff alone
     ],
 )
 def test_benchmark_score_corroborates(kwargs, expected):
