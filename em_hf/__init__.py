@@ -41,6 +41,8 @@ _EXPORTS = exports_by_name(
             "EntropyMinConfig",
             "EntropyMinTrainer",
             "BenchmarkEarlyStoppingCallback",
+            "CollapseGuardCallback",
+            "CollapseGuardConfig",
             "EMRLOOConfig",
             "EMRLOOTrainer",
         ),
@@ -67,6 +69,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loade
     )
     from em_hf.trainers import (  # noqa: F401
         BenchmarkEarlyStoppingCallback,
+        CollapseGuardCallback,
+        CollapseGuardConfig,
         EMRLOOConfig,
         EMRLOOTrainer,
         EntropyMinConfig,

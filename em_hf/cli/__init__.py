@@ -1,18 +1,24 @@
 """The ``em-hf`` command line: one module per subcommand (``demo``, ``eval``, ``select``,
-``build-ops``), each with ``add_parser(subparsers)`` and ``run(args) -> exit code``; shared argument
-types in :mod:`em_hf.cli.options`."""
+``preflight``, ``build-ops``), each with ``add_parser(subparsers)`` and ``run(args) -> exit code``;
+shared argument types in :mod:`em_hf.cli.options`."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from em_hf.cli import build_ops, demo, select
+from em_hf.cli import build_ops, demo, preflight, select
 from em_hf.cli import eval as eval_command
 
 __all__ = ["build_parser", "main"]
 
-_SUBCOMMANDS = {"demo": demo, "eval": eval_command, "select": select, "build-ops": build_ops}
+_SUBCOMMANDS = {
+    "demo": demo,
+    "eval": eval_command,
+    "select": select,
+    "preflight": preflight,
+    "build-ops": build_ops,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

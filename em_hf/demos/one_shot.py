@@ -129,8 +129,11 @@ def run_one_shot_demo(
     batch_size: int = 64,
     output_dir: str | None = None,
     progress: bool = True,
+    collapse_guard_action: str = "warn",
 ) -> OneShotDemoResult:
-    """Steps 1-4 of the module docstring; ``model`` is trained in place."""
+    """Steps 1-4 of the module docstring; ``model`` is trained in place. The preset's collapse guard
+    (:mod:`em_hf.trainers.collapse_guard`) warns by default (``collapse_guard_action="warn"``) and lets the
+    demo run all its steps; ``"stop"``/``"restore"`` stop it as the preset would."""
     if samples_per_step % micro_batch != 0:
         raise ValueError(
             f"`samples_per_step` ({samples_per_step}) must be a multiple of `micro_batch` ({micro_batch})."
@@ -173,6 +176,7 @@ def run_one_shot_demo(
             max_completion_length=max_completion_length,
             max_steps=steps,
             learning_rate=learning_rate,
+            collapse_guard_action=collapse_guard_action,
             report_to=[],
             save_strategy="no",
             logging_steps=1,

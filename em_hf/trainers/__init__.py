@@ -15,6 +15,7 @@ _EXPORTS = exports_by_name(
         "em_hf.trainers.em_config": ("EntropyMinConfig",),
         "em_hf.trainers.em_trainer": ("EntropyMinTrainer",),
         "em_hf.trainers.callbacks": ("BenchmarkEarlyStoppingCallback",),
+        "em_hf.trainers.collapse_guard": ("CollapseGuardCallback", "CollapseGuardConfig"),
         "em_hf.trainers.emrloo_config": ("EMRLOOConfig",),
         "em_hf.trainers.emrloo_trainer": ("EMRLOOTrainer",),
     }

@@ -7,7 +7,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from em_hf.utils.validation import check_generation_kwargs, check_int, check_number
+from em_hf.trainers.collapse_guard import COLLAPSE_ACTIONS, CollapseGuardConfig
+from em_hf.utils.validation import check_choice, check_generation_kwargs, check_int, check_number
 
 __all__ = ["LOSS_NORMALIZATIONS", "EntropyMinConfig"]
 
@@ -140,6 +141,32 @@ class EntropyMinConfig(TrainingArguments):
             ``model.safetensors``, replaced at every sync) and the server reloads from; both must see it
             (same host or a shared file system). `None`: a new temporary folder.
 
+        > Collapse guard (:class:`~em_hf.trainers.collapse_guard.CollapseGuardCallback`; the rule is in
+        :mod:`em_hf.trainers.collapse_guard`)
+
+        collapse_guard (`bool`, *optional*, defaults to `False`):
+            Add a ``CollapseGuardCallback`` built from the fields below (``True`` in :meth:`one_shot`; pass
+            ``collapse_guard=False`` there to turn it off). The trainer logs the signals it reads in any case.
+        collapse_guard_action (`str`, *optional*, defaults to `"stop"`):
+            ``"warn"``, ``"stop"`` or ``"restore"`` (stop and copy back the best weights it kept).
+        collapse_guard_window (`int`, *optional*, defaults to `1`):
+            The entropy drop counts within this many logged steps.
+        collapse_guard_entropy_drop (`float`, *optional*, defaults to `0.6`):
+            Fraction of the entropy lost within the window that is a collapse (necessary symptom).
+        collapse_guard_distinct_ratio (`float`, *optional*, defaults to `0.5`):
+            Fewer answers: distinct final answers per prompt at most this times the first step's.
+        collapse_guard_length_drop (`float`, *optional*, defaults to `0.25`):
+            Shorter completions: mean length at most ``1 - length_drop`` times the first step's.
+        collapse_guard_repetition_rise (`float`, *optional*, defaults to `0.2`):
+            More repetition: repeated n-gram share at least the first step's plus this.
+        collapse_guard_accuracy_drop (`float`, *optional*, defaults to `0.03`):
+            Lower score: a logged ``benchmark/accuracy`` this far under the best so far.
+        collapse_guard_min_corroborating (`int`, *optional*, defaults to `0`):
+            Corroborating symptoms (answers, length, repetition, score) needed with the entropy drop (0: the
+            entropy drop alone; the others are evidence).
+        repetition_ngram (`int`, *optional*, defaults to `4`):
+            n of the logged ``completions/repeated_ngram_share`` (token n-grams).
+
     Examples:
         >>> from em_hf import EntropyMinConfig
         >>> args = EntropyMinConfig.one_shot(output_dir="one-shot-em", report_to=[])
@@ -209,6 +236,37 @@ class EntropyMinConfig(TrainingArguments):
             "about 3 * 2**24 / vocab rows."
         },
     )
+
+    # Collapse guard (em_hf.trainers.collapse_guard).
+    collapse_guard: bool = field(
+        default=False, metadata={"help": "Add a CollapseGuardCallback (True in the one_shot() preset)."}
+    )
+    collapse_guard_action: str = field(
+        default="stop",
+        metadata={"help": "On collapse: 'warn', 'stop', or 'restore' (stop, best weights back)."},
+    )
+    collapse_guard_window: int = field(
+        default=1, metadata={"help": "Steps within which the entropy drop counts."}
+    )
+    collapse_guard_entropy_drop: float = field(
+        default=0.6, metadata={"help": "Fraction of entropy lost within the window that is a collapse."}
+    )
+    collapse_guard_distinct_ratio: float = field(
+        default=0.5, metadata={"help": "Fewer answers: distinct answers at most this times the first step's."}
+    )
+    collapse_guard_length_drop: float = field(
+        default=0.25, metadata={"help": "Shorter: mean length at most (1 - this) times the first step's."}
+    )
+    collapse_guard_repetition_rise: float = field(
+        default=0.2, metadata={"help": "More repetition: repeated n-gram share at least first + this."}
+    )
+    collapse_guard_accuracy_drop: float = field(
+        default=0.03, metadata={"help": "Lower score: benchmark/accuracy this far under the best so far."}
+    )
+    collapse_guard_min_corroborating: int = field(
+        default=0, metadata={"help": "Corroborating symptoms needed together with the entropy drop."}
+    )
+    repetition_ngram: int = field(default=4, metadata={"help": "n of the logged repeated n-gram share."})
 
     # Rollouts from vLLM (trl's GRPOConfig names).
     use_vllm: bool = field(default=False, metadata={"help": "Generate the rollouts with vLLM."})
@@ -280,16 +338,36 @@ class EntropyMinConfig(TrainingArguments):
                 check_int("vllm_max_model_length", self.vllm_max_model_length)
             check_number("vllm_server_timeout", self.vllm_server_timeout, low=0.0)
             check_vllm_available()
+        check_int("repetition_ngram", self.repetition_ngram)
+        check_choice("collapse_guard_action", self.collapse_guard_action, COLLAPSE_ACTIONS)
+        try:
+            self.collapse_guard_config()
+        except ValueError as error:
+            raise ValueError(f"{error} (EntropyMinConfig field: collapse_guard_<name>)") from None
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(
                 f"`loss_normalization` must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}."
             )
 
+    def collapse_guard_config(self) -> CollapseGuardConfig:
+        """The ``collapse_guard_*`` fields as a
+        :class:`~em_hf.trainers.collapse_guard.CollapseGuardConfig`."""
+        return CollapseGuardConfig(
+            window=self.collapse_guard_window,
+            entropy_drop=self.collapse_guard_entropy_drop,
+            distinct_ratio=self.collapse_guard_distinct_ratio,
+            length_drop=self.collapse_guard_length_drop,
+            repetition_rise=self.collapse_guard_repetition_rise,
+            accuracy_drop=self.collapse_guard_accuracy_drop,
+            min_corroborating=self.collapse_guard_min_corroborating,
+        )
+
     @classmethod
     def one_shot(cls, **overrides: Any) -> EntropyMinConfig:
         """One-shot EM (One-shot EM, sec. 3.1 and Table 1): 64 samples of ONE prompt per step, sampling
         temperature 0.5 and the same 0.5 inside the entropy, top_p 0.95, AdamW with a constant learning rate
-        2e-5, gradient clipping 1.0, max response length 2048, 10 steps.
+        2e-5, gradient clipping 1.0, max response length 2048, 10 steps. Not from the paper: the collapse
+        guard is on (``collapse_guard=True``, action ``"stop"``; ``collapse_guard=False`` turns it off).
 
         ``per_device_train_batch_size * gradient_accumulation_steps * processes`` should stay 64 when you
         shrink the micro-batch, e.g.
@@ -324,6 +402,7 @@ class EntropyMinConfig(TrainingArguments):
             "save_only_model": True,  # weights only: no 8-bytes-per-parameter optimizer state on disk
             "loss_normalization": "token_mean",
             "beta": 0.0,
+            "collapse_guard": True,  # em_hf's, not the paper's: em_hf.trainers.collapse_guard
         }
         values.update(overrides)
         return cls(**values)

@@ -35,6 +35,7 @@ from em_hf.generation.prompts import Prompt, left_pad, render_prompt, render_pro
 from em_hf.generation.recording import completion_mask as completion_mask_from_ids
 from em_hf.models import prepare_tokenizer
 from em_hf.trainers.checkpoints import CompleteCheckpointsMixin
+from em_hf.trainers.collapse_guard import CollapseGuardCallback, completion_collapse_metrics
 from em_hf.trainers.em_config import EntropyMinConfig
 from em_hf.trainers.em_loss import (
     check_completion_batch,
@@ -138,6 +139,9 @@ class EntropyMinTrainer(CompleteCheckpointsMixin, Trainer):
             the model when it is a string.
         callbacks (`list[TrainerCallback]`, *optional*):
             As for ``transformers.Trainer``, e.g. :class:`~em_hf.trainers.BenchmarkEarlyStoppingCallback`.
+            With ``args.collapse_guard`` (the ``one_shot()`` default) a
+            :class:`~em_hf.trainers.CollapseGuardCallback` is appended unless one is given (then
+            ``trainer.collapse_guard``).
         optimizers (`tuple`, *optional*, defaults to `(None, None)`):
             ``(optimizer, lr_scheduler)``, as for ``transformers.Trainer``.
         optimizer_cls_and_kwargs (`tuple`, *optional*):
@@ -219,6 +223,15 @@ class EntropyMinTrainer(CompleteCheckpointsMixin, Trainer):
             eval_dataset = _as_prompt_dataset(eval_dataset, "eval_dataset")
         if train_dataset is not None:
             render_prompt(processing_class, train_dataset[0]["prompt"])  # fails early on a bad prompt
+        callbacks = list(callbacks or [])
+        self.collapse_guard: CollapseGuardCallback | None = next(
+            (c for c in callbacks if isinstance(c, CollapseGuardCallback)), None
+        )
+        if args.collapse_guard and self.collapse_guard is None:
+            self.collapse_guard = CollapseGuardCallback(
+                args.collapse_guard_config(), args.collapse_guard_action
+            )
+            callbacks.append(self.collapse_guard)  # last: it reads what the other callbacks logged
 
         # Trainer's leading parameters in its own order: model, args, data_collator, train_dataset,
         # eval_dataset, processing_class.
@@ -229,7 +242,7 @@ class EntropyMinTrainer(CompleteCheckpointsMixin, Trainer):
             train_dataset,
             eval_dataset,
             processing_class,
-            callbacks=callbacks,
+            callbacks=callbacks or None,
             optimizers=optimizers,
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
         )
@@ -469,6 +482,17 @@ class EntropyMinTrainer(CompleteCheckpointsMixin, Trainer):
         self._metrics[mode]["completions/clipped_ratio"].append(
             self.accelerator.gather(truncated.float()).mean().item()
         )
+        signals = completion_collapse_metrics(  # what the collapse guard reads
+            self.processing_class,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            self.args.repetition_ngram,
+        )
+        for key, value in signals.items():
+            local = torch.tensor([value], device=completion_ids.device)
+            self._metrics[mode][key].append(self.accelerator.gather(local).mean().item())
         return {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,

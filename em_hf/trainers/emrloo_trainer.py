@@ -64,6 +64,7 @@ from em_hf.rewards import (
     token_entropy_reward,
 )
 from em_hf.trainers.checkpoints import CompleteCheckpointsMixin
+from em_hf.trainers.collapse_guard import completion_collapse_metrics
 from em_hf.trainers.emrloo_config import EM_REWARDS, EMRLOOConfig
 from em_hf.utils.answers import extract_answer
 from em_hf.utils.quiet import training_warnings_filtered
@@ -353,10 +354,27 @@ class EMRLOOTrainer(CompleteCheckpointsMixin, RLOOTrainer):
         self._em_armed = self._em_kind is not None or bool(set(self._label_free) & _PER_TOKEN_REWARDS)
         self._em_scores = None
         try:
-            return super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs)
+            self._log_collapse_signals(output)
+            return output
         finally:
             self._em_armed = False
             self._em_scores = None
+
+    def _log_collapse_signals(self, output: dict[str, Any]) -> None:
+        """Log what :class:`~em_hf.trainers.collapse_guard.CollapseGuardCallback` reads beside trl's
+        ``entropy`` and ``completions/mean_length``: distinct answers per prompt, repeated 4-gram share."""
+        signals = completion_collapse_metrics(
+            self.processing_class,
+            output["prompt_ids"],
+            output["prompt_mask"],
+            output["completion_ids"],
+            output["completion_mask"],
+        )
+        mode = "train" if self.model.training else "eval"
+        for key, value in signals.items():
+            local = torch.tensor([value], device=self.accelerator.device)
+            self._metrics[mode][key].append(self.accelerator.gather(local).mean().item())
 
     def _get_per_token_logps_and_entropies(
         self,
