@@ -16,6 +16,7 @@ import trl.import_utils as trl_import_utils
 from em_hf.generation.prompts import left_pad, render_prompts
 from em_hf.trainers import EntropyMinConfig, EntropyMinTrainer
 from em_hf.trainers.em_trainer import _repeat_group_size
+from em_hf.trainers.vllm_rollouts import _rollouts_class
 from tests.helpers import WORD_EOS_ID, make_tiny_llama, make_word_tokenizer
 from tests.trainers.test_em_trainer import em_config
 
@@ -103,8 +104,11 @@ class FakeClient:
 
 
 def test_server_mode_request_mapping_and_batch_layout(vllm_reported_available, monkeypatch, tmp_path):
+    """trl's own server path (a trainer with CUDA: weights over NCCL), with a fake client; the sync
+    without CUDA, through a folder, runs against a real server in test_em_trainer_vllm_server.py."""
     FakeClient.instances.clear()
     monkeypatch.setattr(trl_vllm_generation, "VLLMClient", FakeClient)
+    monkeypatch.setattr(_rollouts_class(), "_server_sync_through_folder", lambda self: False)
     tokenizer = make_word_tokenizer()
     model = make_tiny_llama()
     args = _config(tmp_path, generation_kwargs={"min_p": 0.05})
