@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from em_hf.generation.prompts import left_pad, render_prompts
-from tests.trainers.vllm_checks import MAX_NEW, PROMPTS, greedy_rollouts, hf_greedy
+from tests.trainers.vllm_checks import PROMPTS, greedy_rollouts, hf_greedy, rollout_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,21 +36,11 @@ def colocated(tmp_path_factory):
     """An EntropyMinTrainer with a colocated engine (one per module), its model and tokenizer."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from em_hf.models import ensure_default_model_cache, load_model
-    from em_hf.trainers import EntropyMinConfig, EntropyMinTrainer
+    from em_hf.trainers import EntropyMinTrainer
 
     model, tokenizer = load_model(ensure_default_model_cache())
-    args = EntropyMinConfig(
-        output_dir=str(tmp_path_factory.mktemp("em-vllm")),
-        max_steps=1,
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=MAX_NEW,
-        learning_rate=5e-4,  # large enough that one step changes the greedy continuations
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-        use_vllm=True,
+    args = rollout_config(
+        str(tmp_path_factory.mktemp("em-vllm")),
         vllm_mode="colocate",
         vllm_max_model_length=512,
         vllm_engine_kwargs={"dtype": "float32", "enforce_eager": True},

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.trainers.vllm_checks import MAX_NEW, PROMPTS, greedy_rollouts, hf_greedy
+from tests.trainers.vllm_checks import PROMPTS, greedy_rollouts, hf_greedy, rollout_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -81,20 +81,8 @@ def _stop(server: subprocess.Popen) -> None:
 
 
 def _config(tmp_path: Path, url: str):
-    from em_hf.trainers import EntropyMinConfig
-
-    return EntropyMinConfig(
-        output_dir=str(tmp_path / "out"),
-        max_steps=1,
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=MAX_NEW,
-        learning_rate=5e-4,  # large enough that one step changes the greedy continuations
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-        use_vllm=True,
+    return rollout_config(
+        str(tmp_path / "out"),
         vllm_mode="server",
         vllm_server_base_url=url,
         vllm_server_timeout=60.0,

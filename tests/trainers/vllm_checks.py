@@ -14,6 +14,27 @@ PROMPTS = [
 MAX_NEW = 16
 
 
+def rollout_config(output_dir: str, **vllm_fields):
+    """One optimizer step on vLLM rollouts of ``PROMPTS``, with a learning rate large enough that the
+    step changes the greedy continuations; ``vllm_fields`` choose the mode and its settings."""
+    from em_hf.trainers import EntropyMinConfig
+
+    return EntropyMinConfig(
+        output_dir=output_dir,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=MAX_NEW,
+        learning_rate=5e-4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        use_vllm=True,
+        **vllm_fields,
+    )
+
+
 def greedy_rollouts(trainer):
     """The trainer's own rollout path (weight sync included) with greedy sampling."""
     engine = trainer.vllm_generation
