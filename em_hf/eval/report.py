@@ -303,19 +303,22 @@ def format_seed_table(summaries: Sequence[MethodSummary]) -> str:
 
 def log_axis_ticks(low: float, high: float) -> list[float]:
     """Tick positions for a log axis over ``[low, high]`` (both > 0): powers of ten when the range spans
-    three or more of them, else 1-2-5 or 1-9 multiples, else (a range inside one step of those) evenly
+    three or more of them, else 1-2-5, 1-2-3-5 or (in a range narrow enough that they do not crowd)
+    1-9 multiples, else (a range inside one step of those) evenly
     spaced round values, so that a short range still gets at least two ticks.
 
     Examples:
         >>> log_axis_ticks(1e9, 1e12)
         [1000000000.0, 10000000000.0, 100000000000.0, 1000000000000.0]
+        >>> log_axis_ticks(1.5e10, 8e10)  # 1-9 multiples would crowd the upper end
+        [20000000000.0, 30000000000.0, 50000000000.0]
         >>> log_axis_ticks(2.05e10, 2.4e10)
         [21000000000.0, 22000000000.0, 23000000000.0, 24000000000.0]
     """
     if not (0 < low < high and math.isfinite(high)):
         raise ValueError(f"`low` and `high` must satisfy 0 < low < high < inf, got {low!r} and {high!r}.")
     first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
-    for subs in ((1,), (1, 2, 5), tuple(range(1, 10))):
+    for subs in ((1,), (1, 2, 5), (1, 2, 3, 5), tuple(range(1, 10))):
         ticks = [float(m * 10.0**e) for e in range(first, last + 1) for m in subs]
         ticks = [t for t in ticks if low <= t <= high]
         if len(ticks) >= 3:
