@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -413,24 +413,7 @@ def _groups(keys: Sequence[str], num_generations: int | None) -> list[range]:
     return groups
 
 
-def self_consistency_reward(
-    prompts: Sequence[Any],
-    completions: Sequence[Any],
-    num_generations: int | None = None,
-    gather: bool = True,
-    **kwargs: Any,
-) -> list[float]:
-    """SC-RL reward: the share of the completions of the same prompt whose answer equals this one's.
-
-    r_i = (1/N) sum_{j in group(i)} 1[a_i == a_j] (Unreasonable Effectiveness of EM, sec. 3.3,
-    "Baseline"), itself included, so a unique answer gets 1/N and a unanimous one 1; a completion without
-    an extractable answer (:func:`em_hf.utils.answers.extract_answer` returns None) gets 0.
-
-    Pass it as ``reward_funcs=self_consistency_reward`` to ``trl.RLOOTrainer``, ``trl.GRPOTrainer`` or
-    :class:`em_hf.EMRLOOTrainer`. trl calls it with the local batch: ``prompts`` (strings or chat
-    message lists) repeated ``num_generations`` times in a row by its ``RepeatSampler``, and
-    ``completions`` (strings, or ``[{"role": "assistant", "content": ...}]``).
-
+_AGREEMENT_PARAMETERS = """
     Parameters:
         prompts (`Sequence[str | list[dict]]`):
             One prompt per completion.
@@ -450,21 +433,29 @@ def self_consistency_reward(
 
     Returns:
         `list[float]`: one value in [0, 1] per completion.
+"""
 
-    Examples:
-        >>> from em_hf.rewards import self_consistency_reward
-        >>> completions = [r"so \\boxed{4}", "The answer is 4", "5", "no idea"]
-        >>> self_consistency_reward(["What is 2 + 2?"] * 4, completions)
-        [0.5, 0.5, 0.25, 0.0]
-    """
-    answers, groups, local = _grouped_answers(prompts, completions, num_generations, gather)
-    rewards = [0.0] * len(answers)
-    for group in groups:
-        size = len(group)
-        for i in group:
-            if answers[i] is not None:
-                rewards[i] = sum(answers[j] == answers[i] for j in group) / size
-    return rewards[local]
+
+def _agreement_reward(
+    name: str, cluster: Callable[[Sequence[str | None]], list[int | None]], summary: str, examples: str
+) -> Callable[..., list[float]]:
+    """A trl reward function r_i = |C(i)| / N: the share of the N completions of completion i's prompt
+    whose final answer falls in its answer cluster C(i) (``cluster`` forms the clusters of one group);
+    0 without an answer. Its docstring is ``summary``, the shared parameters and ``examples``."""
+
+    def reward(
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        num_generations: int | None = None,
+        gather: bool = True,
+        **kwargs: Any,
+    ) -> list[float]:
+        answers, groups, local = _grouped_answers(prompts, completions, num_generations, gather)
+        return _cluster_shares(answers, groups, cluster)[0][local]
+
+    reward.__name__ = reward.__qualname__ = name
+    reward.__doc__ = summary + _AGREEMENT_PARAMETERS + examples
+    return reward
 
 
 def _grouped_answers(
@@ -486,6 +477,13 @@ def _grouped_answers(
     if distributed and torch.distributed.get_world_size() > 1:
         keys, answers, offset = _gather_across_processes(keys, answers)
     return answers, _groups(keys, num_generations), slice(offset, offset + len(completions))
+
+
+def _exact_clusters(answers: Sequence[str | None]) -> list[int | None]:
+    """Cluster ids of final answers by equal strings (self-consistency's votes); None for a missing
+    answer."""
+    ids: dict[str, int] = {}
+    return [None if answer is None else ids.setdefault(answer, len(ids)) for answer in answers]
 
 
 def semantic_clusters(answers: Sequence[str | None]) -> list[int | None]:
@@ -527,14 +525,34 @@ def cluster_entropy(clusters: Sequence[int | None]) -> float:
     return -sum(c / size * math.log(c / size) for c in counts.values())
 
 
-def semantic_entropy_reward(
-    prompts: Sequence[Any],
-    completions: Sequence[Any],
-    num_generations: int | None = None,
-    gather: bool = True,
-    **kwargs: Any,
-) -> list[float]:
-    """EMPO's reward: the share of the completions of the same prompt whose final answer is
+self_consistency_reward = _agreement_reward(
+    "self_consistency_reward",
+    _exact_clusters,
+    summary="""SC-RL reward: the share of the completions of the same prompt whose answer equals this one's.
+
+    r_i = (1/N) sum_{j in group(i)} 1[a_i == a_j] (Unreasonable Effectiveness of EM, sec. 3.3,
+    "Baseline"), itself included, so a unique answer gets 1/N and a unanimous one 1; a completion without
+    an extractable answer (:func:`em_hf.utils.answers.extract_answer` returns None) gets 0.
+
+    Pass it as ``reward_funcs=self_consistency_reward`` to ``trl.RLOOTrainer``, ``trl.GRPOTrainer`` or
+    :class:`em_hf.EMRLOOTrainer`. trl calls it with the local batch: ``prompts`` (strings or chat
+    message lists) repeated ``num_generations`` times in a row by its ``RepeatSampler``, and
+    ``completions`` (strings, or ``[{"role": "assistant", "content": ...}]``).
+""",
+    examples="""
+    Examples:
+        >>> from em_hf.rewards import self_consistency_reward
+        >>> completions = [r"so \\boxed{4}", "The answer is 4", "5", "no idea"]
+        >>> self_consistency_reward(["What is 2 + 2?"] * 4, completions)
+        [0.5, 0.5, 0.25, 0.0]
+    """,
+)
+
+
+semantic_entropy_reward = _agreement_reward(
+    "semantic_entropy_reward",
+    semantic_clusters,
+    summary="""EMPO's reward: the share of the completions of the same prompt whose final answer is
     mathematically equivalent to this one's.
 
     "Right Question is Already Half the Answer: Fully Unsupervised LLM Reasoning Incentivization"
@@ -549,29 +567,15 @@ def semantic_entropy_reward(
     A trl reward function (``prompts``, ``completions``, ``**kwargs``), grouped and gathered like
     :func:`self_consistency_reward`; :class:`em_hf.EMRLOOTrainer` (``label_free_rewards``) also
     logs the mean cluster entropy of its groups as ``semantic_entropy/cluster_entropy``.
-
-    Parameters:
-        prompts (`Sequence[str | list[dict]]`):
-            One prompt per completion.
-        completions (`Sequence[str | list[dict]]`):
-            The completions, aligned with ``prompts``.
-        num_generations (`int`, *optional*):
-            As in :func:`self_consistency_reward`.
-        gather (`bool`, *optional*, defaults to `True`):
-            As in :func:`self_consistency_reward`.
-        **kwargs:
-            The other columns trl passes; ignored.
-
-    Returns:
-        `list[float]`: one value in [0, 1] per completion.
-
+""",
+    examples="""
     Examples:
         >>> from em_hf.rewards import semantic_entropy_reward
         >>> completions = [r"\\boxed{\\frac{1}{2}}", "it is 0.5", r"\\boxed{2}", "no idea"]
         >>> semantic_entropy_reward(["Half of 1?"] * 4, completions)
         [0.5, 0.5, 0.25, 0.0]
-    """
-    return semantic_entropy_rewards_and_entropies(prompts, completions, num_generations, gather)[0]
+    """,
+)
 
 
 def semantic_entropy_rewards_and_entropies(
@@ -583,12 +587,23 @@ def semantic_entropy_rewards_and_entropies(
     """:func:`semantic_entropy_reward`'s rewards (this process's completions) and the cluster
     entropy of every group (all processes' groups when gathering)."""
     answers, groups, local = _grouped_answers(prompts, completions, num_generations, gather)
+    rewards, group_clusters = _cluster_shares(answers, groups, semantic_clusters)
+    return rewards[local], [cluster_entropy(clusters) for clusters in group_clusters]
+
+
+def _cluster_shares(
+    answers: Sequence[str | None],
+    groups: Sequence[range],
+    cluster: Callable[[Sequence[str | None]], list[int | None]],
+) -> tuple[list[float], list[list[int | None]]]:
+    """r_i = |C(i)| / N within each group of N completions, C(i) being completion i's answer cluster
+    under ``cluster`` (0 without an answer), and every group's cluster ids."""
     rewards = [0.0] * len(answers)
-    entropies = []
+    group_clusters = []
     for group in groups:
-        clusters = semantic_clusters([answers[i] for i in group])
-        entropies.append(cluster_entropy(clusters))
-        for i, cluster in zip(group, clusters, strict=True):
-            if cluster is not None:
-                rewards[i] = clusters.count(cluster) / len(group)
-    return rewards[local], entropies
+        clusters = cluster([answers[i] for i in group])
+        group_clusters.append(clusters)
+        for i, cluster_id in zip(group, clusters, strict=True):
+            if cluster_id is not None:
+                rewards[i] = clusters.count(cluster_id) / len(group)
+    return rewards, group_clusters

@@ -59,11 +59,22 @@ def _label_columns(
     return valid, torch.where(valid, chunk, torch.zeros_like(chunk))
 
 
+def shifted_exponentials(
+    z: torch.Tensor, temperature: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of ``z``: the maximum m, whether the row has mass (m != -inf), d = (z - m) / T (m taken
+    as 0 for a row without mass), exp(d) and S = sum exp(d) (``keepdim``). Only an all -inf row is
+    massless: NaN/+inf rows go through and surface as NaN for the caller to catch."""
+    row_max = z.amax(dim=-1, keepdim=True)
+    has_mass = row_max != -math.inf
+    shifted = (z - torch.where(has_mass, row_max, torch.zeros_like(row_max))) / temperature
+    weights = torch.exp(shifted)
+    return row_max, has_mass, shifted, weights, weights.sum(dim=-1, keepdim=True)
+
+
+# The two functions below take the arguments of the kernels' schemas (csrc/schemas.cpp), in order.
 def entropy_forward_torch(
-    logits: torch.Tensor,
-    temperature: float,
-    labels: torch.Tensor | None = None,
-    self_certainty: bool = False,
+    logits: torch.Tensor, temperature: float, labels: torch.Tensor | None = None, self_certainty: bool = False
 ) -> torch.Tensor:
     """The [rows, 6] statistics of the module docstring, in the accumulation dtype."""
     rows, vocab = logits.shape
@@ -73,11 +84,8 @@ def entropy_forward_torch(
     for start in starts:
         end = min(start + step, rows)
         z = logits[start:end].to(acc)
-        row_max = z.amax(dim=-1, keepdim=True)
-        has_mass = row_max != -math.inf  # NaN/+inf rows go through and surface as NaN
-        shifted = (z - torch.where(has_mass, row_max, torch.zeros_like(row_max))) / temperature
-        weights = torch.exp(shifted)
-        total = weights.sum(dim=-1)
+        row_max, has_mass, shifted, weights, total = shifted_exponentials(z, temperature)
+        total = total.squeeze(-1)
         # where() instead of a product: -inf * 0 would be NaN.
         weighted = torch.where(weights > 0, weights * shifted, torch.zeros_like(shifted)).sum(dim=-1)
         mass = has_mass.squeeze(-1)

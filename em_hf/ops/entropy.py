@@ -45,6 +45,7 @@ from em_hf.ops._torch_impl import (
     accumulation_dtype,
     entropy_backward_torch,
     entropy_forward_torch,
+    shifted_exponentials,
 )
 from em_hf.utils.validation import check_float_tensor, check_labels, check_temperature
 
@@ -134,12 +135,7 @@ def softmax_entropy(logits: torch.Tensor, temperature: float | torch.Tensor = 1.
     _check_logits(logits)
     temperature = check_temperature(temperature, per_row=tuple(logits.shape[:-1]))
     z = logits.to(accumulation_dtype(logits.dtype))
-    row_max = z.amax(dim=-1, keepdim=True)
-    # Only an all -inf row is massless; NaN or +inf rows go through and are caught below.
-    has_mass = row_max != float("-inf")
-    shifted = (z - torch.where(has_mass, row_max, torch.zeros_like(row_max))) / temperature
-    exp_shifted = torch.exp(shifted)
-    total = exp_shifted.sum(dim=-1, keepdim=True)
+    _, has_mass, shifted, exp_shifted, total = shifted_exponentials(z, temperature)  # NaN/+inf caught below
     positive = exp_shifted > 0
     # where() instead of multiplication: -inf * 0 would be NaN.
     log_probs = torch.where(positive, shifted - torch.log(total), torch.zeros_like(shifted))
