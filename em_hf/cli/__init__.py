@@ -1,6 +1,7 @@
 """The ``em-hf`` command line: one module per subcommand (``demo``, ``eval``, ``select``,
-``preflight``, ``build-ops``), each with ``add_parser(subparsers)`` and ``run(args) -> exit code``;
-shared argument types in :mod:`em_hf.cli.options`."""
+``preflight``, ``build-ops``), each with ``HELP`` (its line in ``em-hf --help``), ``DESCRIPTION``,
+``add_arguments(parser)`` and ``run(args) -> exit code``; shared argument types and option groups in
+:mod:`em_hf.cli.options`."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``em-hf`` parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="em-hf", description="Entropy minimization for LLM reasoning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in _SUBCOMMANDS.values():
-        module.add_parser(sub)
+    for name, module in _SUBCOMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION))
     return parser
 
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+
+HELP = "compile the C++ entropy kernels ahead of time (otherwise done on first use)"
+DESCRIPTION = "Compile the entropy kernels into ~/.cache/em_hf/kernels and print the backend em_hf.ops uses."
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``build-ops`` on an ``add_subparsers`` object."""
-    return sub.add_parser(
-        "build-ops",
-        help="compile the C++ entropy kernels ahead of time (otherwise done on first use)",
-        description="Compile em_hf's C++ entropy kernels with torch.utils.cpp_extension into torch's "
-        "extension cache and report the backend em_hf.ops will use.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``build-ops`` takes no option."""
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,56 +9,48 @@ import time
 
 from em_hf.cli import options
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+
+HELP = "compare decoding methods (sampling, greedy, adaptive temperature, EM-INF) on arithmetic"
+DESCRIPTION = (
+    "Load a model (default: the embedded SmolLM2-135M-Instruct) and compare decoding methods on the "
+    "package's arithmetic benchmark; prints a markdown table."
+)
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``demo`` on an ``add_subparsers`` object."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``em-hf demo``."""
     from em_hf.demos.decoding import DEFAULT_DEMO_METHODS
 
-    parser = sub.add_parser(
-        "demo",
-        help="compare decoding methods (sampling, greedy, adaptive temperature, EM-INF) on arithmetic",
-        description="Load a model (default: the embedded SmolLM2-135M-Instruct) and compare decoding methods "
-        "on the package's arithmetic benchmark; prints a markdown table.",
-    )
     options.add_model_options(parser)
-    parser.add_argument(
+    options.add_option(
+        parser,
         "--methods",
+        list(DEFAULT_DEMO_METHODS),
+        "decoding methods, each NAME[:key=value,...] with NAME in greedy, sample, adaptive, em-inf; "
+        "t= is the sampling temperature, other keys go to the method's processor, e.g. "
+        "--methods sample em-inf:t=0.1,n_steps=5",
         type=options.decoding_method,
         nargs="+",
-        default=list(DEFAULT_DEMO_METHODS),
-        help="decoding methods, each NAME[:key=value,...] with NAME in greedy, sample, adaptive, em-inf; "
-        "t= is the sampling temperature, other keys go to the method's processor, e.g. "
-        "--methods sample em-inf:t=0.1,n_steps=5 (default: %(default)s)",
     )
-    parser.add_argument(
-        "--items", type=options.positive_int, default=60, help="arithmetic problems (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--seeds",
-        type=options.positive_int,
-        default=3,
-        help="seeds per sampled method (default: %(default)s)",
-    )
+    options.add_option(parser, "--items", 60, "arithmetic problems", type=options.positive_int)
+    options.add_option(parser, "--seeds", 3, "seeds per sampled method", type=options.positive_int)
     options.add_generation_options(parser, max_new_tokens=32, batch_size=64)
     one_shot = parser.add_argument_group("one-shot EM stage")
-    one_shot.add_argument(
+    options.add_option(
+        one_shot,
         "--one-shot-steps",
+        10,
+        "one-shot EM steps on the prompt chosen by pass@k variance, then the methods again on the "
+        "trained model (0 skips the stage)",
         type=options.non_negative_int,
-        default=10,
-        help="one-shot EM steps on the prompt chosen by pass@k variance, then the methods again on the "
-        "trained model (0 skips the stage; default: %(default)s)",
     )
     for flag, default, text in (
         ("--one-shot-samples", 16, "completions of the one prompt per training step (paper: 64)"),
         ("--one-shot-max-tokens", 48, "max completion tokens during training (paper: 2048)"),
         ("--one-shot-eval-every", 5, "greedy accuracy on the items every N training steps"),
     ):
-        one_shot.add_argument(
-            flag, type=options.positive_int, default=default, help=f"{text} (default: %(default)s)"
-        )
-    return parser
+        options.add_option(one_shot, flag, default, text, type=options.positive_int)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,22 +23,24 @@ import time
 
 from em_hf.cli import options
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+
+HELP = (
+    "evaluate decoding methods (greedy, sampling, self-consistency, refinement, adaptive, EM-INF) on the "
+    "papers' benchmarks"
+)
+DESCRIPTION = (
+    "Answer benchmark items with each decoding method, grade them (math-verify, the code sandbox, physics "
+    "tolerance), and write items.jsonl, a Table-3-shaped markdown table and an accuracy-vs-FLOPs plot to "
+    "--out. Re-running the same command resumes."
+)
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register the ``eval`` subcommand on an ``add_subparsers`` object."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``em-hf eval``."""
     from em_hf.eval.benchmarks import BENCHMARKS
     from em_hf.generation.decoding import KINDS
 
-    parser = sub.add_parser(
-        "eval",
-        help="evaluate decoding methods (greedy, sampling, self-consistency, refinement, adaptive, EM-INF) "
-        "on the papers' benchmarks",
-        description="Answer benchmark items with each decoding method, grade them (math-verify, the code "
-        "sandbox, physics tolerance), and write items.jsonl, a Table-3-shaped markdown table and an "
-        "accuracy-vs-FLOPs plot to --out. Re-running the same command resumes.",
-    )
     options.add_model_options(parser)
     parser.add_argument(
         "--benchmark",
@@ -50,12 +52,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "arithmetic:n=,seed=), "
         f"space- or comma-separated; names: {', '.join(BENCHMARKS)}",
     )
-    parser.add_argument(
+    options.add_option(
+        parser,
         "--methods",
+        ["greedy", "sample", "adaptive", "em-inf"],
+        f"decoding methods, NAME[:key=value,...], space- or comma-separated; names: {', '.join(KINDS)}; "
+        "e.g. sc:4 em-inf:t=0.1,n_steps=5 refine:n=3",
         nargs="+",
-        default=["greedy", "sample", "adaptive", "em-inf"],
-        help=f"decoding methods, NAME[:key=value,...], space- or comma-separated; names: {', '.join(KINDS)}; "
-        "e.g. sc:4 em-inf:t=0.1,n_steps=5 refine:n=3 (default: %(default)s)",
     )
     parser.add_argument(
         "--limit",
@@ -63,9 +66,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=None,
         help="first N items of each benchmark (default: all items)",
     )
-    parser.add_argument(
-        "--seeds", type=options.positive_int, default=1, help="seeds per sampled method (default: 1)"
-    )
+    options.add_option(parser, "--seeds", 1, "seeds per sampled method", type=options.positive_int)
     parser.add_argument(
         "--out",
         default=None,
@@ -85,12 +86,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=None,
         help="prompt template with {question} for every benchmark (default: each benchmark's own)",
     )
-    parser.add_argument(
-        "--code-timeout",
-        type=options.positive_float,
-        default=10.0,
-        help="seconds per program run (default: %(default)s)",
-    )
+    options.add_option(parser, "--code-timeout", 10.0, "seconds per program run", type=options.positive_float)
     parser.add_argument(
         "--unsafe-code-sandbox",
         action="store_true",
@@ -112,7 +108,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=None,
         help="--engine vllm: the engine's max_model_len (prompt + new tokens; default: the model's)",
     )
-    return parser
 
 
 def default_out_dir(now: datetime.datetime | None = None) -> str:

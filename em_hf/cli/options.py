@@ -51,6 +51,11 @@ def decoding_method(text: str) -> str:
     return text.strip()
 
 
+def add_option(parser: argparse._ActionsContainer, flag: str, default: object, help: str, **kwargs) -> None:
+    """``parser.add_argument(flag, default=default, ...)`` with `` (default: <default>)`` after ``help``."""
+    parser.add_argument(flag, default=default, help=f"{help} (default: %(default)s)", **kwargs)
+
+
 def add_model_options(parser: argparse.ArgumentParser, *, quantize: bool = True) -> None:
     """``--model`` (``default`` = the embedded SmolLM2-135M-Instruct) and ``--load-in-8bit``."""
     parser.add_argument(

@@ -9,44 +9,28 @@ from pathlib import Path
 
 from em_hf.cli import options
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+
+HELP = "will EM help this model? confidence vs correctness on a labeled sample"
+DESCRIPTION = (
+    "On a labeled sample of a benchmark: greedy and sampled accuracy, pass@k, the pass-rate variance, and "
+    "the AUROC against correctness of minus mean entropy, self-certainty, sequence log-probability and "
+    "vote share, each with a 95% interval (Wilson for greedy accuracy, a bootstrap over items for the "
+    "rest) and a verdict. Writes preflight.json and preflight.png to --out."
+)
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``preflight`` on an ``add_subparsers`` object."""
-    parser = sub.add_parser(
-        "preflight",
-        help="will EM help this model? confidence vs correctness on a labeled sample",
-        description="On a labeled sample of a benchmark: greedy and sampled accuracy, pass@k, the pass-rate "
-        "variance, and the AUROC against correctness of minus mean entropy, self-certainty, sequence "
-        "log-probability and vote share, each with a 95%% interval (Wilson for greedy accuracy, a bootstrap "
-        "over items for the rest) and a verdict. Writes preflight.json and preflight.png to --out.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``em-hf preflight``."""
     options.add_model_options(parser)
-    parser.add_argument(
-        "--benchmark", default="arithmetic:n=100", help="benchmark spec (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--items", type=options.positive_int, default=100, help="items sampled (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--k", type=options.positive_int, default=8, help="samples per item (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--temperature", type=options.positive_float, default=1.0, help="sampling T (default: %(default)s)"
-    )
+    options.add_option(parser, "--benchmark", "arithmetic:n=100", "benchmark spec")
+    options.add_option(parser, "--items", 100, "items sampled", type=options.positive_int)
+    options.add_option(parser, "--k", 8, "samples per item", type=options.positive_int)
+    options.add_option(parser, "--temperature", 1.0, "sampling T", type=options.positive_float)
     options.add_generation_options(parser, max_new_tokens=256, batch_size=16)
-    parser.add_argument(
-        "--seed", type=int, default=0, help="sampling and bootstrap seed (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--bootstrap",
-        type=options.positive_int,
-        default=1000,
-        help="bootstrap resamples (default: %(default)s)",
-    )
-    parser.add_argument("--out", default="runs/preflight", help="output folder (default: %(default)s)")
-    return parser
+    options.add_option(parser, "--seed", 0, "sampling and bootstrap seed", type=int)
+    options.add_option(parser, "--bootstrap", 1000, "bootstrap resamples", type=options.positive_int)
+    options.add_option(parser, "--out", "runs/preflight", "output folder")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,44 +8,32 @@ import json
 
 from em_hf.cli import options
 
-__all__ = ["add_parser", "read_candidates", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "read_candidates", "run"]
+
+HELP = "rank prompts by pass@k variance (one-shot EM's prompt selection)"
+DESCRIPTION = (
+    "Sample k answers per candidate prompt, grade them, and print the prompts ranked by the variance "
+    "p(1-p) of their pass rate (One-shot Entropy Minimization, sec. 2.2). Candidates: a JSONL file with "
+    "'prompt' (a string, used as it is, or chat messages, rendered with the chat template) and 'answer' "
+    "fields, or generated arithmetic problems."
+)
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``select`` on an ``add_subparsers`` object."""
-    parser = sub.add_parser(
-        "select",
-        help="rank prompts by pass@k variance (one-shot EM's prompt selection)",
-        description="Sample k answers per candidate prompt, grade them, and print the prompts ranked by the "
-        "variance p(1-p) of their pass rate (One-shot Entropy Minimization, sec. 2.2). Candidates: a JSONL "
-        "file with 'prompt' (a string, used as it is, or chat messages, rendered with the chat template) "
-        "and 'answer' fields, or generated arithmetic problems.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``em-hf select``."""
     options.add_model_options(parser, quantize=False)
     parser.add_argument(
         "--data", default=None, help="JSONL file of {'prompt', 'answer'} (default: arithmetic)"
     )
-    parser.add_argument(
-        "--candidates",
-        type=options.positive_int,
-        default=24,
-        help="arithmetic candidates (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--k", type=options.positive_int, default=8, help="samples per prompt (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)"
-    )
+    options.add_option(parser, "--candidates", 24, "arithmetic candidates", type=options.positive_int)
+    options.add_option(parser, "--k", 8, "samples per prompt", type=options.positive_int)
+    options.add_option(parser, "--temperature", 1.0, "sampling temperature", type=float)
     options.add_generation_options(parser, max_new_tokens=256, batch_size=64, threads=False)
-    parser.add_argument(
-        "--top", type=options.positive_int, default=10, help="rows to print (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    options.add_option(parser, "--top", 10, "rows to print", type=options.positive_int)
+    options.add_option(parser, "--seed", 0, "sampling seed", type=int)
     parser.add_argument(
         "--output", default=None, help="also write all ranked rows to this JSONL file (default: none)"
     )
-    return parser
 
 
 def read_candidates(path: str) -> tuple[list, list]:

@@ -11,14 +11,9 @@ _EXPORTS = exports_by_name(
     {
         "em_hf.eval.benchmarks": ("BENCHMARKS", "BenchmarkItem", "find_benchmarks_dir", "load_benchmark"),
         "em_hf.eval.grading": ("grade_math", "grade_physics"),
-        "em_hf.eval.sandbox": (
-            "CodeResult",
-            "SandboxUnavailableError",
-            "check_sandbox",
-            "extract_code",
-            "run_code",
-            "set_default_isolation",
-        ),
+        # The isolation controls (check_sandbox, set_default_isolation, SandboxUnavailableError) are
+        # imported from em_hf.eval.sandbox itself, where the README and the CLI use them.
+        "em_hf.eval.sandbox": ("CodeResult", "extract_code", "run_code"),
         "em_hf.eval.scoring": ("Grade", "grade_item"),
         "em_hf.eval.methods": ("run_items",),
         "em_hf.eval.runner": ("evaluate",),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 _CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per temporary
 
@@ -112,12 +113,8 @@ def entropy_forward_torch(
 
 
 def entropy_backward_torch(
-    grads: torch.Tensor,
-    logits: torch.Tensor,
-    stats: torch.Tensor,
-    temperature: float,
-    labels: torch.Tensor | None = None,
-) -> torch.Tensor:
+    grads: Tensor, logits: Tensor, stats: Tensor, temperature: float, labels: Tensor | None = None
+) -> Tensor:
     """dL/dz (the backward of the module docstring) for tensors as in the kernels, in the logits' dtype."""
     rows, vocab = logits.shape
     acc = accumulation_dtype(logits.dtype)

@@ -54,14 +54,14 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
 from em_hf.utils.answers import extract_answer
-from em_hf.utils.validation import check_choice, check_int, check_number
+from em_hf.utils.validation import check_choice, check_int, check_known_keys, check_number
 
 __all__ = [
     "COLLAPSE_ACTIONS",
@@ -196,6 +196,12 @@ class CollapseGuardConfig:
     accuracy_drop: float = 0.03
     min_corroborating: int = 0
     metric: str | None = "accuracy"
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> CollapseGuardConfig:
+        """The config from keyword arguments, an unknown key refused with the known ones named."""
+        check_known_keys("kwargs", kwargs, {f.name for f in fields(cls)}, "CollapseGuardConfig fields")
+        return cls(**kwargs)
 
     def __post_init__(self) -> None:
         check_int("window", self.window)

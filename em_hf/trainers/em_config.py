@@ -8,7 +8,13 @@ from typing import Any
 from transformers import TrainingArguments
 
 from em_hf.trainers.collapse_guard import COLLAPSE_ACTIONS, CollapseGuardConfig
-from em_hf.utils.validation import check_choice, check_generation_kwargs, check_int, check_number
+from em_hf.utils.validation import (
+    check_choice,
+    check_generation_kwargs,
+    check_int,
+    check_number,
+    parse_json_object,
+)
 
 __all__ = ["LOSS_NORMALIZATIONS", "EntropyMinConfig"]
 
@@ -149,21 +155,13 @@ class EntropyMinConfig(TrainingArguments):
             ``collapse_guard=False`` there to turn it off). The trainer logs the signals it reads in any case.
         collapse_guard_action (`str`, *optional*, defaults to `"stop"`):
             ``"warn"``, ``"stop"`` or ``"restore"`` (stop and copy back the best weights it kept).
-        collapse_guard_window (`int`, *optional*, defaults to `1`):
-            The entropy drop counts within this many logged steps.
-        collapse_guard_entropy_drop (`float`, *optional*, defaults to `0.6`):
-            Fraction of the entropy lost within the window that is a collapse (necessary symptom).
-        collapse_guard_distinct_ratio (`float`, *optional*, defaults to `0.5`):
-            Fewer answers: distinct final answers per prompt at most this times the first step's.
-        collapse_guard_length_drop (`float`, *optional*, defaults to `0.25`):
-            Shorter completions: mean length at most ``1 - length_drop`` times the first step's.
-        collapse_guard_repetition_rise (`float`, *optional*, defaults to `0.2`):
-            More repetition: repeated n-gram share at least the first step's plus this.
-        collapse_guard_accuracy_drop (`float`, *optional*, defaults to `0.03`):
-            Lower score: a logged ``benchmark/accuracy`` this far under the best so far.
-        collapse_guard_min_corroborating (`int`, *optional*, defaults to `0`):
-            Corroborating symptoms (answers, length, repetition, score) needed with the entropy drop (0: the
-            entropy drop alone; the others are evidence).
+        collapse_guard_kwargs (`dict` or `str`, *optional*):
+            The guard's thresholds, as keyword arguments of
+            :class:`~em_hf.trainers.collapse_guard.CollapseGuardConfig` (a dict, or its JSON text on the
+            command line), e.g. ``{"entropy_drop": 0.5, "min_corroborating": 1}``: ``window`` (1),
+            ``entropy_drop`` (0.6), ``distinct_ratio`` (0.5), ``length_drop`` (0.25), ``repetition_rise``
+            (0.2), ``accuracy_drop`` (0.03), ``min_corroborating`` (0); what each means is in that class.
+            `None`: its defaults.
         repetition_ngram (`int`, *optional*, defaults to `4`):
             n of the logged ``completions/repeated_ngram_share`` (token n-grams).
 
@@ -245,26 +243,12 @@ class EntropyMinConfig(TrainingArguments):
         default="stop",
         metadata={"help": "On collapse: 'warn', 'stop', or 'restore' (stop, best weights back)."},
     )
-    collapse_guard_window: int = field(
-        default=1, metadata={"help": "Steps within which the entropy drop counts."}
-    )
-    collapse_guard_entropy_drop: float = field(
-        default=0.6, metadata={"help": "Fraction of entropy lost within the window that is a collapse."}
-    )
-    collapse_guard_distinct_ratio: float = field(
-        default=0.5, metadata={"help": "Fewer answers: distinct answers at most this times the first step's."}
-    )
-    collapse_guard_length_drop: float = field(
-        default=0.25, metadata={"help": "Shorter: mean length at most (1 - this) times the first step's."}
-    )
-    collapse_guard_repetition_rise: float = field(
-        default=0.2, metadata={"help": "More repetition: repeated n-gram share at least first + this."}
-    )
-    collapse_guard_accuracy_drop: float = field(
-        default=0.03, metadata={"help": "Lower score: benchmark/accuracy this far under the best so far."}
-    )
-    collapse_guard_min_corroborating: int = field(
-        default=0, metadata={"help": "Corroborating symptoms needed together with the entropy drop."}
+    collapse_guard_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "CollapseGuardConfig keyword arguments (JSON on the command line), e.g. "
+            '{"entropy_drop": 0.5}; None: its defaults.'
+        },
     )
     repetition_ngram: int = field(default=4, metadata={"help": "n of the logged repeated n-gram share."})
 
@@ -340,27 +324,22 @@ class EntropyMinConfig(TrainingArguments):
             check_vllm_available()
         check_int("repetition_ngram", self.repetition_ngram)
         check_choice("collapse_guard_action", self.collapse_guard_action, COLLAPSE_ACTIONS)
+        if isinstance(self.collapse_guard_kwargs, str):  # from the command line, as TrainingArguments' dicts
+            self.collapse_guard_kwargs = parse_json_object(
+                "collapse_guard_kwargs", self.collapse_guard_kwargs
+            )
         try:
             self.collapse_guard_config()
-        except ValueError as error:
-            raise ValueError(f"{error} (EntropyMinConfig field: collapse_guard_<name>)") from None
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"`collapse_guard_kwargs`: {error}") from None
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(
                 f"`loss_normalization` must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}."
             )
 
     def collapse_guard_config(self) -> CollapseGuardConfig:
-        """The ``collapse_guard_*`` fields as a
-        :class:`~em_hf.trainers.collapse_guard.CollapseGuardConfig`."""
-        return CollapseGuardConfig(
-            window=self.collapse_guard_window,
-            entropy_drop=self.collapse_guard_entropy_drop,
-            distinct_ratio=self.collapse_guard_distinct_ratio,
-            length_drop=self.collapse_guard_length_drop,
-            repetition_rise=self.collapse_guard_repetition_rise,
-            accuracy_drop=self.collapse_guard_accuracy_drop,
-            min_corroborating=self.collapse_guard_min_corroborating,
-        )
+        """``collapse_guard_kwargs`` as a :class:`~em_hf.trainers.collapse_guard.CollapseGuardConfig`."""
+        return CollapseGuardConfig.from_kwargs(self.collapse_guard_kwargs or {})
 
     @classmethod
     def one_shot(cls, **overrides: Any) -> EntropyMinConfig:

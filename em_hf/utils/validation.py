@@ -255,27 +255,46 @@ def check_labels(
         raise ValueError(f"`labels` must be in [0, {vocab}) or {ignore_index} (ignored), found {value}.")
 
 
-def check_generation_kwargs(name: str, kwargs: Any) -> None:
-    """``kwargs`` must be a dict whose keys are ``transformers.GenerationConfig`` fields (``GenerationConfig``
-    itself keeps unknown keys as attributes that nothing reads, so a typo would pass silently)."""
-    if kwargs is None:
-        return
+def check_known_keys(name: str, kwargs: Any, known: set[str], what: str) -> None:
+    """``kwargs`` must be a dict whose keys are in ``known`` (``what`` names them in the error, with a
+    "did you mean" for each close miss)."""
     if not isinstance(kwargs, dict):
-        raise TypeError(f"`{name}` must be a dict of GenerationConfig fields, got {type(kwargs).__name__}.")
+        raise TypeError(f"`{name}` must be a dict of {what}, got {type(kwargs).__name__}.")
     import difflib
 
-    from transformers import GenerationConfig
-
-    known = set(GenerationConfig().to_dict()) - {"transformers_version", "_from_model_config"}
     unknown = sorted(str(key) for key in kwargs if key not in known)
     if unknown:
         hints = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
         suggestions = ", ".join(f"{key!r} -> {match[0]!r}" for key, match in hints.items() if match)
         raise ValueError(
-            f"`{name}` has keys that are not transformers.GenerationConfig fields: {unknown}"
+            f"`{name}` has keys that are not {what}: {unknown}"
             + (f" (did you mean {suggestions}?)" if suggestions else "")
-            + "; see the GenerationConfig documentation for the fields."
+            + f"; the known ones: {sorted(known)}."
         )
+
+
+def check_generation_kwargs(name: str, kwargs: Any) -> None:
+    """``kwargs`` must be a dict whose keys are ``transformers.GenerationConfig`` fields (``GenerationConfig``
+    itself keeps unknown keys as attributes that nothing reads, so a typo would pass silently)."""
+    if kwargs is None:
+        return
+    from transformers import GenerationConfig
+
+    known = set(GenerationConfig().to_dict()) - {"transformers_version", "_from_model_config"}
+    check_known_keys(name, kwargs, known, "transformers.GenerationConfig fields")
+
+
+def parse_json_object(name: str, text: str) -> dict[str, Any]:
+    """A dict field given as JSON text (how ``HfArgumentParser`` passes it from the command line)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"`{name}` must be a dict or its JSON text, got {text!r} ({error}).") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"`{name}` must be a dict or its JSON text (an object), got {text!r}.")
+    return value
 
 
 def check_pad_token_id(tokenizer: Any, model: Any) -> None:

@@ -239,7 +239,8 @@ def test_cli_refuses_code_benchmarks_without_bubblewrap_before_loading_the_model
     try:
         assert main(argv) == 2
         assert "apt-get install bubblewrap" in capsys.readouterr().err
-        parser = eval_cli.add_parser(argparse.ArgumentParser().add_subparsers())
+        parser = argparse.ArgumentParser()
+        eval_cli.add_arguments(parser)
         args = parser.parse_args(["--benchmark", "leetcode", "--out", str(tmp_path), "--unsafe-code-sandbox"])
         assert eval_cli._code_sandbox_ready(args, {"leetcode": []})
         assert sandbox_module._state["isolation"] == "process"

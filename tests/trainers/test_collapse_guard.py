@@ -176,11 +176,37 @@ def test_config_errors(kwargs, message):
         CollapseGuardConfig(**kwargs)
 
 
+def test_collapse_guard_kwargs_from_the_command_line():
+    """HfArgumentParser passes the dict field as JSON text; the config reads it into the guard's config."""
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(EntropyMinConfig).parse_args_into_dataclasses(
+        ["--output_dir", "x", "--use_cpu", "--report_to", "none"]
+        + ["--collapse_guard_kwargs", '{"entropy_drop": 0.5, "min_corroborating": 1}']
+    )
+    config = args.collapse_guard_config()
+    assert (config.entropy_drop, config.min_corroborating, config.window) == (0.5, 1, 1)
+    assert (
+        EntropyMinConfig(output_dir="x", report_to=[], use_cpu=True).collapse_guard_config()
+        == CollapseGuardConfig()
+    )
+
+
 def test_callback_and_config_errors():
     with pytest.raises(ValueError, match="`action` must be 'warn' or 'stop' or 'restore'"):
         CollapseGuardCallback(action="halt")
-    with pytest.raises(ValueError, match="collapse_guard_<name>"):
-        EntropyMinConfig(output_dir="x", collapse_guard_length_drop=2.0, report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="`collapse_guard_kwargs`: `length_drop` must be"):
+        EntropyMinConfig(
+            output_dir="x", collapse_guard_kwargs={"length_drop": 2.0}, report_to=[], use_cpu=True
+        )
+    with pytest.raises(ValueError, match="'entropy_dorp' -> 'entropy_drop'"):
+        EntropyMinConfig(
+            output_dir="x", collapse_guard_kwargs={"entropy_dorp": 0.5}, report_to=[], use_cpu=True
+        )
+    with pytest.raises(ValueError, match="`collapse_guard_kwargs` must be a dict or its JSON text"):
+        EntropyMinConfig(
+            output_dir="x", collapse_guard_kwargs="{entropy_drop: 0.5}", report_to=[], use_cpu=True
+        )
     with pytest.raises(ValueError, match="`collapse_guard_action` must be"):
         EntropyMinConfig(output_dir="x", collapse_guard_action="halt", report_to=[], use_cpu=True)
 
