@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from em_hf.eval.benchmarks import find_benchmarks_dir
 from tests.helpers import make_tiny_llama, make_word_tokenizer
 
 
@@ -29,3 +32,12 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
 def make_word_tokenizer_fixture():
     """The tokenizer factory, for variants (no pad token, no chat template)."""
     return make_word_tokenizer
+
+
+@pytest.fixture(scope="session")
+def benchmarks_dir() -> Path:
+    """The shared benchmark folder; tests that need it skip cleanly without it."""
+    folder = find_benchmarks_dir()
+    if folder is None or not (folder / "math500.json").is_file():
+        pytest.skip("../shared/benchmarks is not available (set EM_HF_BENCHMARKS to run these tests)")
+    return folder

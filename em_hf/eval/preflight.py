@@ -35,10 +35,11 @@ from typing import Any
 from em_hf.eval.benchmarks import BenchmarkItem, load_benchmark
 from em_hf.eval.confidence import SIGNALS, score_completions, vote_shares
 from em_hf.eval.methods import run_items
-from em_hf.eval.report import auroc, pass_at_k, wilson_interval
+from em_hf.eval.report import auroc, wilson_interval
 from em_hf.eval.scoring import final_answer, grade_item
 from em_hf.generation.batched import generate_completions
 from em_hf.generation.decoding import parse_method
+from em_hf.metrics import pass_at_k
 from em_hf.utils.validation import check_int, check_number
 
 __all__ = [

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from em_hf.utils.validation import check_int
+from em_hf.metrics import pass_at_k
 
 __all__ = [
     "MethodSummary",
@@ -28,7 +28,6 @@ __all__ = [
     "format_seed_table",
     "format_table",
     "log_axis_ticks",
-    "pass_at_k",
     "plot_accuracy_vs_flops",
     "summarize",
     "tick_labels",
@@ -50,34 +49,6 @@ def wilson_interval(p: float, n: int, z: float = Z_95) -> tuple[float, float]:
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     # The bounds contain p exactly (rounding could put 0 just above the lower bound at p = 0).
     return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))
-
-
-def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
-    """Unbiased estimate of pass@k for one problem (Chen et al., "Evaluating Large Language Models
-    Trained on Code", 2021): 1 - C(n - c, k) / C(n, k), the probability that at least one of k
-    candidates drawn without replacement from the n generated ones is correct. The binomial
-    coefficients are exact Python integers and (C(n, k) - C(n - c, k)) / C(n, k) is rounded once,
-    so the estimate is the float closest to the exact value, for any n.
-
-    Parameters:
-        num_samples (`int`):
-            n, the number of candidates generated for the problem.
-        num_correct (`int`):
-            c, how many of them pass the tests (0 <= c <= n).
-        k (`int`):
-            The budget of attempts, 1 <= k <= n.
-    """
-    n = check_int("num_samples", num_samples, minimum=1)
-    c = check_int("num_correct", num_correct, minimum=0)
-    check_int("k", k, minimum=1)
-    if c > n:
-        raise ValueError(f"`num_correct` ({c}) must be at most `num_samples` ({n}).")
-    if k > n:
-        raise ValueError(f"`k` ({k}) must be at most `num_samples` ({n}).")
-    if n - c < k:
-        return 1.0
-    total = math.comb(n, k)
-    return (total - math.comb(n - c, k)) / total
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
@@ -129,7 +100,8 @@ class MethodSummary:
         tokens_per_s (`float`, *optional*, defaults to `0.0`):
             Generated tokens / generation seconds, over all records.
         pass_at_seeds (`float` or `None`, *optional*, defaults to `None`):
-            Mean over items of pass@n (:func:`pass_at_k`), n = the item's number of seeds; None for one seed.
+            Mean over items of pass@n (:func:`em_hf.metrics.pass_at_k`), n = the item's number of seeds;
+            None for one seed.
 
     Examples:
         >>> from em_hf.eval.report import summarize
@@ -170,7 +142,8 @@ def _per_seed_accuracy_std(rows: Sequence[dict]) -> float:
 
 
 def _pass_at_seeds(rows: Sequence[dict]) -> float | None:
-    """Mean over items of pass@n (:func:`pass_at_k`), n = the item's number of seeds; None for one seed."""
+    """Mean over items of pass@n (:func:`em_hf.metrics.pass_at_k`), n = the item's number of seeds;
+    None for one seed."""
     per_item: dict[str, list[bool]] = {}
     for r in rows:
         per_item.setdefault(r["item_id"], []).append(bool(r["correct"]))

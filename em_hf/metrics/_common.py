@@ -1,5 +1,5 @@
-"""Input checks, citations and the pass@k estimator (from :mod:`em_hf.eval.report`, where the
-evaluation report uses it too) shared by em_hf's ``evaluate`` metric scripts.
+"""Input checks, citations and the pass@k estimator shared by em_hf's ``evaluate`` metric scripts;
+the evaluation harness's report (:mod:`em_hf.eval.report`) and pre-flight use the same estimator.
 
 The metric scripts import this module by its absolute name (``evaluate`` copies a local script into
 its modules cache and imports it from there, so relative imports would be copied as files too).
@@ -11,7 +11,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from em_hf.eval.report import pass_at_k
 from em_hf.utils.validation import check_int
 
 __all__ = [
@@ -119,3 +118,31 @@ def check_k(k: Any, sample_counts: Sequence[int]) -> list[int]:
             "generate more candidates."
         )
     return checked
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    """Unbiased estimate of pass@k for one problem (Chen et al., "Evaluating Large Language Models
+    Trained on Code", 2021): 1 - C(n - c, k) / C(n, k), the probability that at least one of k
+    candidates drawn without replacement from the n generated ones is correct. The binomial
+    coefficients are exact Python integers and (C(n, k) - C(n - c, k)) / C(n, k) is rounded once,
+    so the estimate is the float closest to the exact value, for any n.
+
+    Parameters:
+        num_samples (`int`):
+            n, the number of candidates generated for the problem.
+        num_correct (`int`):
+            c, how many of them pass the tests (0 <= c <= n).
+        k (`int`):
+            The budget of attempts, 1 <= k <= n.
+    """
+    n = check_int("num_samples", num_samples, minimum=1)
+    c = check_int("num_correct", num_correct, minimum=0)
+    check_int("k", k, minimum=1)
+    if c > n:
+        raise ValueError(f"`num_correct` ({c}) must be at most `num_samples` ({n}).")
+    if k > n:
+        raise ValueError(f"`k` ({k}) must be at most `num_samples` ({n}).")
+    if n - c < k:
+        return 1.0
+    total = math.comb(n, k)
+    return (total - math.comb(n - c, k)) / total

@@ -15,12 +15,12 @@ from em_hf.eval.report import (
     format_details,
     format_table,
     log_axis_ticks,
-    pass_at_k,
     plot_accuracy_vs_flops,
     summarize,
     tick_labels,
     wilson_interval,
 )
+from em_hf.metrics import pass_at_k
 
 
 def _pairs_auroc(scores, labels) -> float:

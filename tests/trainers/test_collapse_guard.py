@@ -176,13 +176,15 @@ def test_config_errors(kwargs, message):
         CollapseGuardConfig(**kwargs)
 
 
+GUARD_JSON = '{"entropy_drop": 0.5, "min_corroborating": 1}'
+
+
 def test_collapse_guard_kwargs_from_the_command_line():
     """HfArgumentParser passes the dict field as JSON text; the config reads it into the guard's config."""
     from transformers import HfArgumentParser
 
     (args,) = HfArgumentParser(EntropyMinConfig).parse_args_into_dataclasses(
-        ["--output_dir", "x", "--use_cpu", "--report_to", "none"]
-        + ["--collapse_guard_kwargs", '{"entropy_drop": 0.5, "min_corroborating": 1}']
+        ["--output_dir", "x", "--use_cpu", "--report_to", "none", "--collapse_guard_kwargs", GUARD_JSON]
     )
     config = args.collapse_guard_config()
     assert (config.entropy_drop, config.min_corroborating, config.window) == (0.5, 1, 1)
