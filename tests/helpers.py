@@ -80,3 +80,30 @@ def make_word_tokenizer(
 def use_backend(monkeypatch, name: str) -> None:
     """Force em_hf.ops onto one implementation: "cpp" (compiled kernels, or an error) or "torch"."""
     monkeypatch.setenv("EM_HF_ENTROPY_BACKEND", name)
+
+
+def make_em_trainer(tmp_path, prompts: list, callbacks: list | None = None, **config):
+    """An EntropyMinTrainer on a sharpened tiny llama and the word tokenizer, CPU, no saving or
+    reporting: 4 steps of 2 prompts x 2 completions of 4 tokens at lr 1e-2 unless ``config`` says
+    otherwise (any EntropyMinConfig field)."""
+    from em_hf.trainers import EntropyMinConfig, EntropyMinTrainer
+
+    settings = {
+        "max_steps": 4,
+        "per_device_train_batch_size": 2,
+        "num_generations": 2,
+        "max_completion_length": 4,
+        "learning_rate": 1e-2,
+        "report_to": [],
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+    }
+    args = EntropyMinConfig(output_dir=str(tmp_path / "out"), **{**settings, **config})
+    return EntropyMinTrainer(
+        model=make_tiny_llama(sharpen=4.0),
+        args=args,
+        train_dataset=prompts,
+        processing_class=make_word_tokenizer(),
+        callbacks=callbacks,
+    )

@@ -7,33 +7,14 @@ import math
 import pytest
 import torch
 
-from em_hf.trainers import EntropyMinConfig, EntropyMinTrainer
 from em_hf.trainers.callbacks import BenchmarkEarlyStoppingCallback
-from tests.helpers import make_tiny_llama, make_word_tokenizer
+from tests.helpers import make_em_trainer
 
 PROMPTS = ["Compute 1 + 2 .", "Compute 3 - 1 .", "the answer is", "Reply with just the number"]
 
 
 def _trainer(tmp_path, callback, max_steps=4):
-    args = EntropyMinConfig(
-        output_dir=str(tmp_path / "out"),
-        max_steps=max_steps,
-        per_device_train_batch_size=2,
-        num_generations=2,
-        max_completion_length=4,
-        learning_rate=1e-2,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    return EntropyMinTrainer(
-        model=make_tiny_llama(sharpen=4.0),
-        args=args,
-        train_dataset=PROMPTS,
-        processing_class=make_word_tokenizer(),
-        callbacks=[callback],
-    )
+    return make_em_trainer(tmp_path, PROMPTS, [callback], max_steps=max_steps)
 
 
 class ScriptedBenchmark:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from em_hf.trainers import EntropyMinConfig, EntropyMinTrainer
+from em_hf.trainers import EntropyMinConfig
 from em_hf.trainers.callbacks import BenchmarkEarlyStoppingCallback
 from em_hf.trainers.collapse_guard import (
     CollapseGuardCallback,
@@ -19,7 +19,7 @@ from em_hf.trainers.collapse_guard import (
     distinct_answers_per_group,
     repeated_ngram_share,
 )
-from tests.helpers import make_tiny_llama, make_word_tokenizer
+from tests.helpers import make_em_trainer, make_word_tokenizer
 
 PROMPTS = ["Compute 1 + 2 .", "Compute 3 - 1 .", "the answer is", "Reply with just the number"]
 SIGNAL_KEYS = (
@@ -238,25 +238,14 @@ class RecordingBenchmark:
 
 
 def _trainer(tmp_path, callbacks, max_steps=5, **config):
-    args = EntropyMinConfig(
-        output_dir=str(tmp_path / "out"),
+    return make_em_trainer(
+        tmp_path,
+        PROMPTS,
+        callbacks,
         max_steps=max_steps,
         per_device_train_batch_size=4,
-        num_generations=2,
         max_completion_length=6,
-        learning_rate=1e-2,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
         **config,
-    )
-    return EntropyMinTrainer(
-        model=make_tiny_llama(sharpen=4.0),
-        args=args,
-        train_dataset=PROMPTS,
-        processing_class=make_word_tokenizer(),
-        callbacks=callbacks,
     )
 
 
