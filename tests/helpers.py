@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -107,3 +111,12 @@ def make_em_trainer(tmp_path, prompts: list, callbacks: list | None = None, **co
         processing_class=make_word_tokenizer(),
         callbacks=callbacks,
     )
+
+
+def wait_until_paused(process: subprocess.Popen, folder: Path, timeout_s: float = 300.0) -> None:
+    """Wait until the child ``process`` writes ``folder / "paused"`` (its signal that it stopped at the
+    planned point); fails with the end of its stderr if it exits or the time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while not (folder / "paused").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (folder / "paused").exists(), process.communicate()[1][-3000:]

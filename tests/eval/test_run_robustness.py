@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from em_hf.eval.benchmarks import BenchmarkItem
 from em_hf.eval.runner import LOCK_FILE, evaluate, read_records
 from em_hf.utils.files import FolderLockedError
 from tests.eval import concurrent_run_script
-from tests.helpers import make_tiny_llama
+from tests.helpers import make_tiny_llama, wait_until_paused
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,10 +89,7 @@ def test_a_second_run_is_refused_and_a_killed_run_resumes_to_the_uninterrupted_r
     out = tmp_path / "killed"
     out.mkdir()
     first = _child(out, "--pause-after", "4")
-    deadline = time.monotonic() + 300
-    while not (out / "paused").exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert (out / "paused").exists(), first.communicate()[1][-3000:]
+    wait_until_paused(first, out)
     second = _child(out)
     assert second.wait(timeout=300) == 3
     assert "Another evaluation is writing to" in second.stderr.read()

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from datasets import Dataset
 
 from em_hf.trainers import EMRLOOTrainer
 from em_hf.trainers.checkpoints import CHECKPOINT_MANIFEST, checkpoint_problem, last_complete_checkpoint
-from tests.helpers import make_tiny_llama, make_word_tokenizer
+from tests.helpers import make_tiny_llama, make_word_tokenizer, wait_until_paused
 from tests.trainers.emrloo_helpers import make_args
 from tests.trainers.test_em_trainer import make_trainer
 
@@ -48,10 +47,7 @@ def test_a_kill_inside_a_save_resumes_from_the_last_complete_checkpoint(tmp_path
     out = tmp_path / "run"
     out.mkdir()
     victim = _script(out, "--pause-in-save", "3")
-    deadline = time.monotonic() + 300
-    while not (out / "paused").exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert (out / "paused").exists(), victim.communicate()[1][-3000:]
+    wait_until_paused(victim, out)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert checkpoint_problem(out / "checkpoint-3") is not None  # the torn save
